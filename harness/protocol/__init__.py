@@ -1,0 +1,67 @@
+"""JetLinks firmware protocol: topics, messages, validation and MQTT auth signing."""
+
+from .auth import AuthError, DeviceSecret, MqttCredentials, credentials_for, sign_password, verify
+from .errors import CorrelationError, MessageError, ProtocolError, TopicError
+from .ids import new_message_id
+from .messages import (
+    MESSAGE_TYPES,
+    SIGN_METHODS,
+    FirmwareFields,
+    FirmwareMessage,
+    PullFirmware,
+    PullReply,
+    ReadFirmware,
+    ReadReply,
+    ReportFirmware,
+    UpgradeFirmware,
+    UpgradeProgress,
+    UpgradeReply,
+    decode,
+    message_id_of,
+    now_ms,
+)
+from .topics import (
+    PLATFORM_SUBSCRIPTIONS,
+    FirmwareTopic,
+    TopicKind,
+    child_topic,
+    device_topic,
+    parse_topic,
+    subscriptions_for_device,
+)
+
+__all__ = [
+    "MESSAGE_TYPES",
+    "PLATFORM_SUBSCRIPTIONS",
+    "SIGN_METHODS",
+    "AuthError",
+    "CorrelationError",
+    "DeviceSecret",
+    "FirmwareFields",
+    "FirmwareMessage",
+    "FirmwareTopic",
+    "MessageError",
+    "MqttCredentials",
+    "ProtocolError",
+    "PullFirmware",
+    "PullReply",
+    "ReadFirmware",
+    "ReadReply",
+    "ReportFirmware",
+    "TopicError",
+    "TopicKind",
+    "UpgradeFirmware",
+    "UpgradeProgress",
+    "UpgradeReply",
+    "child_topic",
+    "credentials_for",
+    "decode",
+    "device_topic",
+    "message_id_of",
+    "new_message_id",
+    "now_ms",
+    "parse_topic",
+    "sign_password",
+    "subscriptions_for_device",
+    "verify",
+]

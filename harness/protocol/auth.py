@@ -1,0 +1,90 @@
+"""JetLinks' MQTT authentication for devices.
+
+clientId = deviceId, username = ``secureId|timestamp``, password =
+md5(``secureId|timestamp|secureKey``) in lower-case hex; the platform accepts a
+timestamp within five minutes of its own clock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class DeviceSecret:
+    """A device's secureId and secureKey as the platform issues them."""
+
+    secure_id: str
+    secure_key: str
+
+
+@dataclass(frozen=True)
+class MqttCredentials:
+    client_id: str
+    username: str
+    password: str
+
+
+def sign_password(secure_id: str, timestamp_ms: int | str, secure_key: str) -> str:
+    """md5 of ``secureId|timestamp|secureKey``; JetLinks signs the username text as sent."""
+    return hashlib.md5(f"{secure_id}|{timestamp_ms}|{secure_key}".encode()).hexdigest()
+
+
+def credentials_for(
+    device_id: str, secret: DeviceSecret, timestamp_ms: int | None = None
+) -> MqttCredentials:
+    """The clientId, username and password a device connects with."""
+    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    return MqttCredentials(
+        client_id=device_id,
+        username=f"{secret.secure_id}|{ts}",
+        password=sign_password(secret.secure_id, ts, secret.secure_key),
+    )
+
+
+class AuthError(Exception):
+    """Why a connecting client was refused."""
+
+
+def verify(
+    client_id: str | None,
+    username: str | None,
+    password: str | bytes | None,
+    lookup: Callable[[str], DeviceSecret | None],
+    now_ms: int | None = None,
+) -> None:
+    """Check a CONNECT's credentials; raise :class:`AuthError` saying what is wrong.
+
+    ``lookup`` maps a device id (the clientId) to its secret, or None if unknown.
+    """
+    if not client_id:
+        raise AuthError("clientId must be the deviceId")
+    secret = lookup(client_id)
+    if secret is None:
+        raise AuthError(f"unknown device {client_id!r}")
+    if not username or "|" not in username:
+        raise AuthError(f"device {client_id!r}: username must be 'secureId|timestamp'")
+    secure_id, _, ts_text = username.partition("|")
+    if secure_id != secret.secure_id:
+        raise AuthError(f"device {client_id!r}: secureId does not match")
+    try:
+        ts = int(ts_text)
+    except ValueError:
+        raise AuthError(f"device {client_id!r}: timestamp {ts_text!r} is not an integer") from None
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    if abs(now - ts) > MAX_CLOCK_SKEW_MS:
+        raise AuthError(f"device {client_id!r}: timestamp is more than 5 minutes off")
+    if isinstance(password, str):
+        password = password.encode()
+    expected = sign_password(secret.secure_id, ts_text, secret.secure_key).encode()
+    if not password or not hmac.compare_digest(password, expected):
+        raise AuthError(
+            f"device {client_id!r}: password is not md5(secureId|timestamp|secureKey) "
+            "in lower-case hex"
+        )
