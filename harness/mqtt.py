@@ -1,0 +1,192 @@
+"""One MQTT client session that outlives broker loss.
+
+The platform and the gateway both need the same thing from MQTT: connect (with
+JetLinks credentials when configured), subscribe, hand every message to one
+handler that must never kill the loop, publish with QoS 1, and when the broker
+goes away reconnect with back-off, re-subscribe and send what was queued
+meanwhile. :class:`MqttEndpoint` is that, over aiomqtt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from .aio import cancel_and_wait
+from .protocol.auth import MqttCredentials
+
+Handler = Callable[[str, bytes], Awaitable[None]]
+CredentialSource = Callable[[], MqttCredentials]
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """``mqtt://[user:password@]host:port`` — how components find a broker."""
+
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "tcp"):
+            raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// (got {parts.scheme!r})")
+        if not parts.hostname:
+            raise ValueError(f"broker URL {url!r}: no host")
+        try:
+            port = parts.port or 1883
+        except ValueError:
+            raise ValueError(f"broker URL {url!r}: port is not a number in 0..65535") from None
+        return cls(parts.hostname, port, parts.username, parts.password)
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqtt://{host}:{self.port}"
+
+
+class MqttEndpoint:
+    """A reconnecting MQTT client: subscriptions, a handler, and an outbox that survives loss."""
+
+    def __init__(
+        self,
+        broker: BrokerUrl | str,
+        client_id: str,
+        subscriptions: Iterable[str],
+        handler: Handler,
+        *,
+        credentials: CredentialSource | None = None,
+        backoff: tuple[float, float] = (0.1, 5.0),
+        keepalive: int = 30,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.broker = BrokerUrl.parse(broker) if isinstance(broker, str) else broker
+        self.client_id = client_id
+        self.subscriptions = list(subscriptions)
+        self._handler = handler
+        self._credentials = credentials
+        self._backoff = backoff
+        self._keepalive = keepalive
+        self.log = logger or logging.getLogger(f"ota_hil.mqtt.{client_id}")
+        self._outbox: deque[tuple[str, bytes, int]] = deque()
+        self._pending = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        #: Successful connections so far; a test sees a reconnect as this going up.
+        self.connections = 0
+        self.last_error: str | None = None
+
+    async def start(self, wait: float | None = 10.0) -> None:
+        """Start the session; wait up to ``wait`` seconds for the first connection (None: don't)."""
+        self._task = asyncio.create_task(self._run(), name=f"mqtt:{self.client_id}")
+        if wait is not None:
+            try:
+                await asyncio.wait_for(self.connected.wait(), wait)
+            except TimeoutError:
+                await self.stop()
+                raise ConnectionError(
+                    f"{self.client_id}: no connection to {self.broker} within {wait:g} s"
+                    f" (last error: {self.last_error or 'none'})"
+                ) from None
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+        self.connected.clear()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Queue a message; it goes out now if connected, else after the next connect."""
+        self._outbox.append((topic, payload, qos))
+        self._pending.set()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait until the outbox is empty (every queued message acknowledged)."""
+        async with asyncio.timeout(timeout):
+            while self._outbox:
+                await asyncio.sleep(0.005)
+
+    async def _run(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            try:
+                await self._session()
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc)
+                if self.connected.is_set():
+                    self.log.warning("%s: lost %s: %s", self.client_id, self.broker, exc)
+                    delay = self._backoff[0]
+                else:
+                    self.log.info("%s: cannot connect to %s: %s", self.client_id, self.broker, exc)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff[1])
+
+    async def _session(self) -> None:
+        creds = self._credentials() if self._credentials else None
+        client = aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            identifier=creds.client_id if creds else self.client_id,
+            username=creds.username if creds else self.broker.username,
+            password=creds.password if creds else self.broker.password,
+            keepalive=self._keepalive,
+            timeout=5,
+            logger=self.log,
+        )
+        client.pending_calls_threshold = 1000
+        async with client:
+            for topic in self.subscriptions:
+                await client.subscribe(topic, qos=1)
+            self.connections += 1
+            self.connected.set()
+            self.log.debug("%s: connected to %s", self.client_id, self.broker)
+            receiver = asyncio.create_task(self._receive(client))
+            sender = asyncio.create_task(self._drain(client))
+            try:
+                # Either ends only by an MqttError (connection lost, publish unacknowledged).
+                done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            finally:
+                await cancel_and_wait(receiver, sender)
+                _retrieve_disconnect(client)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes):
+                payload = str(payload or "").encode()
+            await self._dispatch(str(message.topic), payload)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        while True:
+            await self._pending.wait()
+            while self._outbox:
+                topic, payload, qos = self._outbox[0]
+                await client.publish(topic, payload, qos=qos)
+                self._outbox.popleft()
+            self._pending.clear()
+
+    async def _dispatch(self, topic: str, payload: bytes) -> None:
+        try:
+            await self._handler(topic, payload)
+        except Exception:
+            # The handler owns protocol errors; anything reaching here is a bug, but one
+            # bad message must not take the session down with it.
+            self.log.exception("%s: handler failed on %s", self.client_id, topic)
+
+
+def _retrieve_disconnect(client: aiomqtt.Client) -> None:
+    """Mark aiomqtt's disconnect future as seen; unread, asyncio logs "Future exception was
+    never retrieved" for every lost connection. Private attribute: kept to this one place."""
+    future = getattr(client, "_disconnected", None)
+    if isinstance(future, asyncio.Future) and future.done() and not future.cancelled():
+        future.exception()
