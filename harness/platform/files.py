@@ -1,0 +1,143 @@
+"""The platform's HTTP file server: ``GET /file/{fileId}?accessKey=...``.
+
+403 for a wrong or missing accessKey, 404 for an unknown file, a correct 206 for a
+Range, and ``file-md5`` / ``file-sha256`` headers as JetLinks sends them. Faults can
+be switched on to make downloads fail the way they fail in the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .store import FirmwareStore
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+CHUNK = 16 * 1024
+
+
+@dataclass
+class DownloadFaults:
+    """Switches for the file server. ``cut_after_bytes`` closes the connection of the next
+    ``cut_times`` downloads after that many body bytes; ``range_quirk`` reproduces JetLinks,
+    which honours only a Range's start and answers 200 instead of 206."""
+
+    cut_after_bytes: int | None = None
+    cut_times: int = 0
+    range_quirk: bool = False
+    #: Seconds to sleep between chunks (a slow link).
+    chunk_delay: float = 0.0
+
+    def take_cut(self) -> int | None:
+        if self.cut_after_bytes is None or self.cut_times <= 0:
+            return None
+        self.cut_times -= 1
+        return self.cut_after_bytes
+
+
+@dataclass(frozen=True)
+class ServedRequest:
+    """One line of the file server's log: what was asked and what was sent."""
+
+    file_id: str
+    status: int
+    range: str | None
+    sent: int
+    cut: bool
+    time: int = field(default_factory=lambda: int(time.time() * 1000))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class FileServer:
+    def __init__(self, store: FirmwareStore) -> None:
+        self.store = store
+        self.faults = DownloadFaults()
+        self.served: list[ServedRequest] = []
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/file/{file_id}", self.download)]
+
+    def _parse_range(self, header: str, size: int) -> tuple[int, int] | None:
+        """(start, end inclusive), or None when the header is to be ignored (RFC 9110 allows)."""
+        match = _RANGE.match(header.strip())
+        if not match:
+            return None
+        first, last = match.groups()
+        if not first and not last:
+            return None
+        if not first:  # suffix: the last N bytes
+            n = int(last)
+            return (max(size - n, 0), size - 1) if n else (size, size - 1)
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        return start, end
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        file_id = request.match_info["file_id"]
+        stored = self.store.files.get(file_id)
+        range_header = request.headers.get("Range")
+        if stored is None:
+            self.served.append(ServedRequest(file_id, 404, range_header, 0, False))
+            raise web.HTTPNotFound(text=f"no file {file_id}")
+        key = request.query.get("accessKey", "")
+        if not hmac.compare_digest(key, stored.access_key):
+            self.served.append(ServedRequest(file_id, 403, range_header, 0, False))
+            raise web.HTTPForbidden(text="access denied: wrong or missing accessKey")
+
+        size = stored.size
+        start, end, status = 0, size - 1, 200
+        if range_header:
+            span = self._parse_range(range_header, size)
+            if span is not None:
+                start, end = span
+                if start >= size or start > end:
+                    self.served.append(ServedRequest(file_id, 416, range_header, 0, False))
+                    raise web.HTTPRequestRangeNotSatisfiable(
+                        headers={"Content-Range": f"bytes */{size}"}
+                    )
+                if self.faults.range_quirk:
+                    end = size - 1
+                else:
+                    status = 206
+
+        body = memoryview(stored.data)[start : end + 1]
+        response = web.StreamResponse(status=status)
+        response.headers.update(
+            {
+                "Content-Type": "application/octet-stream",
+                "Accept-Ranges": "bytes",
+                "file-md5": stored.md5,
+                "file-sha256": stored.sha256,
+                "Content-Disposition": f'attachment; filename="{stored.name}"',
+            }
+        )
+        if status == 206:
+            response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        response.content_length = len(body)
+        await response.prepare(request)
+
+        cut = self.faults.take_cut()
+        limit = len(body) if cut is None else min(cut, len(body))
+        sent = 0
+        while sent < limit:
+            chunk = body[sent : min(sent + CHUNK, limit)]
+            await response.write(chunk)
+            sent += len(chunk)
+            if self.faults.chunk_delay:
+                await asyncio.sleep(self.faults.chunk_delay)
+        self.served.append(ServedRequest(file_id, status, range_header, sent, cut is not None))
+        if cut is not None and sent < len(body):
+            # A cut link: the client sees the connection close before Content-Length is met.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response

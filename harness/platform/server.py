@@ -1,0 +1,84 @@
+"""The mock platform as one running thing: MQTT client, scheduler, REST API and file server."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from ..mqtt import BrokerUrl
+from .api import PlatformApi
+from .files import FileServer
+from .service import Platform, PlatformConfig
+
+log = logging.getLogger("ota_hil.platform")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):  # noqa: ANN001, ANN202
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return web.json_response(
+            {"status": 500, "code": "error", "message": "internal error; see the platform log"},
+            status=500,
+        )
+
+
+class PlatformServer:
+    """Start with a broker URL; ``url`` is the REST and file server base once started."""
+
+    def __init__(
+        self,
+        broker: BrokerUrl | str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        config: PlatformConfig | None = None,
+    ) -> None:
+        self.broker = broker
+        self.host = host
+        self.port = port
+        self.platform = Platform(config)
+        self.files = FileServer(self.platform.store)
+        self.api = PlatformApi(self.platform, self.files)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors], client_max_size=256 * 1024 * 1024)
+        app.add_routes(self.files.routes())
+        app.add_routes(self.api.routes())
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.port = port
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        self.platform.store.base_url = self.url
+        try:
+            await self.platform.connect(self.broker)
+        except BaseException:
+            await self._runner.cleanup()
+            raise
+        log.info("platform REST and files on %s, MQTT via %s", self.url, self.broker)
+
+    async def stop(self) -> None:
+        await self.platform.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> PlatformServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,317 @@
+"""The mock platform's MQTT side and scheduler: it sends upgrades, reads replies and progress,
+answers pulls, takes reports and asks devices for their version.
+
+Where it differs from JetLinks on purpose (each to make a test able to see a failure):
+a reply with success=false fails the record at once (JetLinks 1.9 leaves it
+processing); both timeouts are enforced (1.9 stores them only); a progress message
+that matches no record is recorded as an event instead of vanishing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..aio import cancel_and_wait
+from ..mqtt import BrokerUrl, MqttEndpoint
+from ..protocol import (
+    PLATFORM_SUBSCRIPTIONS,
+    AuthError,
+    FirmwareMessage,
+    FirmwareTopic,
+    MqttCredentials,
+    ProtocolError,
+    PullFirmware,
+    PullReply,
+    ReadFirmware,
+    ReadReply,
+    ReportFirmware,
+    TopicKind,
+    UpgradeFirmware,
+    UpgradeProgress,
+    UpgradeReply,
+    decode,
+    new_message_id,
+    parse_topic,
+    verify,
+)
+from .events import EventLog
+from .registry import Device, DeviceRegistry
+from .store import FirmwareStore
+from .tasks import RecordState, TaskBook, UpgradeRecord
+
+log = logging.getLogger("ota_hil.platform")
+
+PLATFORM_CLIENT_ID = "ota-hil-platform"
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class PlatformConfig:
+    #: Seconds between two pushes of waiting records (the seed's 30 s timer).
+    check_interval: float = 30.0
+    #: How often timeouts are looked at; at most ``check_interval``.
+    timeout_resolution: float = 0.5
+    #: Default wait for a read/reply.
+    read_timeout: float = 10.0
+
+
+class Platform:
+    """Firmware store, devices, tasks and records, and the MQTT traffic that moves them."""
+
+    def __init__(self, config: PlatformConfig | None = None, base_url: str = "") -> None:
+        self.config = config or PlatformConfig()
+        self.store = FirmwareStore(base_url)
+        self.devices = DeviceRegistry()
+        self.book = TaskBook()
+        self.events = EventLog()
+        self.mqtt: MqttEndpoint | None = None
+        self._token = new_message_id()
+        self._reads: dict[str, asyncio.Future[ReadReply]] = {}
+        self._scheduler: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def connect(self, broker: BrokerUrl | str) -> None:
+        self.mqtt = MqttEndpoint(
+            broker,
+            PLATFORM_CLIENT_ID,
+            PLATFORM_SUBSCRIPTIONS,
+            self.on_message,
+            credentials=self._credentials,
+            logger=logging.getLogger("ota_hil.platform.mqtt"),
+        )
+        await self.mqtt.start()
+        self._scheduler = asyncio.create_task(self._schedule(), name="platform-scheduler")
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._scheduler)
+        self._scheduler = None
+        if self.mqtt is not None:
+            await self.mqtt.stop()
+        for future in self._reads.values():
+            future.cancel()
+
+    def _credentials(self) -> MqttCredentials:
+        return MqttCredentials(PLATFORM_CLIENT_ID, PLATFORM_CLIENT_ID, self._token)
+
+    def authenticate(self, client_id: str | None, username: str | None, password: str | None) -> None:
+        """Broker-side check of a connecting client: the platform itself, or a device with
+        JetLinks credentials. Hand this to an embedded broker to turn auth on."""
+        if client_id == PLATFORM_CLIENT_ID:
+            if password != self._token:
+                raise AuthError("the platform's client id is reserved")
+            return
+        verify(client_id, username, password, self.devices.secret_of)
+
+    # -- the scheduler ---------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        resolution = min(self.config.timeout_resolution, self.config.check_interval)
+        last_push = time.monotonic()
+        while True:
+            await asyncio.sleep(resolution)
+            if time.monotonic() - last_push >= self.config.check_interval:
+                last_push = time.monotonic()
+                self.push_waiting()
+            self.expire_overdue()
+
+    def push_waiting(self) -> int:
+        """Send UPGRADE_FIRMWARE to every waiting record of a running push task."""
+        sent = 0
+        for record in self.book.due_for_push():
+            device = self.devices.get(record.device_id)
+            firmware = self.store.firmware.get(record.firmware_id)
+            if device is None or firmware is None:
+                record.fail(_now(), "device or firmware no longer exists")
+                continue
+            message = UpgradeFirmware(
+                messageId=new_message_id(),
+                deviceId=device.id,
+                headers={
+                    "deviceName": device.name,
+                    "productName": self.devices.products[device.product_id].name,
+                    "productId": device.product_id,
+                    "creatorId": PLATFORM_CLIENT_ID,
+                    "timeout": record.response_timeout_seconds * 1000,
+                    "async": True,
+                },
+                **firmware.fields().model_dump(),
+            )
+            assert message.messageId is not None
+            self.book.sent(record, message.messageId, _now())
+            self._send(device, message)
+            sent += 1
+        if sent:
+            log.info("pushed %d upgrade message(s)", sent)
+        return sent
+
+    def expire_overdue(self) -> None:
+        for record, reason in self.book.overdue(_now()):
+            record.fail(_now(), reason)
+            self.events.add(
+                EventLog.RECORD_TIMEOUT,
+                f"record {record.id} of device {record.device_id}: {reason}",
+                device_id=record.device_id,
+                level=logging.INFO,
+            )
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def _send(self, device: Device, message: FirmwareMessage) -> None:
+        if self.mqtt is None:
+            raise RuntimeError("platform is not connected to a broker")
+        topic = self.devices.topic_for(device, message.kind)
+        self.mqtt.publish(str(topic), message.to_json())
+
+    async def read_version(self, device_id: str, timeout: float | None = None) -> str:
+        """Ask a device for its firmware version (firmware/read) and wait for the reply."""
+        device = self.devices.get(device_id)
+        if device is None:
+            raise KeyError(f"unknown device {device_id!r}")
+        message = ReadFirmware(messageId=new_message_id())
+        future: asyncio.Future[ReadReply] = asyncio.get_running_loop().create_future()
+        self._reads[message.messageId] = future
+        try:
+            self._send(device, message)
+            reply = await asyncio.wait_for(future, timeout or self.config.read_timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"device {device_id!r} did not answer the firmware read within "
+                f"{timeout or self.config.read_timeout:g} s"
+            ) from None
+        finally:
+            self._reads.pop(message.messageId, None)
+        return reply.version
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def on_message(self, topic: str, payload: bytes) -> None:
+        """Every upstream firmware message lands here; nothing raised escapes."""
+        try:
+            parsed = parse_topic(topic)
+            if parsed.kind.downstream:
+                return  # our own downstream traffic echoed by a wildcard; not ours to handle
+            message = decode(parsed.kind, payload, topic)
+            device = self._sender(parsed)
+            if device is None:
+                return
+            self._handle(parsed, device, message)
+        except ProtocolError as exc:
+            self.events.add(EventLog.BAD_MESSAGE, str(exc), topic=topic)
+
+    def _sender(self, topic: FirmwareTopic) -> Device | None:
+        device = self.devices.get(topic.device_id)
+        if device is None:
+            self.events.add(
+                EventLog.UNKNOWN_DEVICE,
+                f"message from unknown device {topic.device_id!r} on {topic}",
+                topic=str(topic),
+                device_id=topic.device_id,
+            )
+            return None
+        mismatch = self.devices.sender_mismatch(device, topic)
+        if mismatch:
+            self.events.add(EventLog.BAD_MESSAGE, f"{topic}: {mismatch}", topic=str(topic))
+            return None
+        return device
+
+    def _handle(self, topic: FirmwareTopic, device: Device, message: FirmwareMessage) -> None:
+        handlers: dict[TopicKind, Callable[[FirmwareTopic, Device, FirmwareMessage], None]] = {
+            TopicKind.UPGRADE_REPLY: self._on_reply,  # type: ignore[dict-item]
+            TopicKind.UPGRADE_PROGRESS: self._on_progress,  # type: ignore[dict-item]
+            TopicKind.PULL: self._on_pull,  # type: ignore[dict-item]
+            TopicKind.REPORT: self._on_report,  # type: ignore[dict-item]
+            TopicKind.READ_REPLY: self._on_read_reply,  # type: ignore[dict-item]
+        }
+        handlers[topic.kind](topic, device, message)
+
+    def _on_reply(self, topic: FirmwareTopic, device: Device, reply: UpgradeReply) -> None:
+        record = self.book.by_message_id(reply.messageId)
+        if record is None or record.device_id != device.id:
+            self.events.add(
+                EventLog.UNKNOWN_REPLY,
+                f"{topic}: reply to messageId {reply.messageId!r}, which was not sent to "
+                f"{device.id!r}",
+                topic=str(topic),
+                device_id=device.id,
+            )
+            return
+        if record.state is not RecordState.PROCESSING:
+            log.debug("late reply for record %s in state %s", record.id, record.state.value)
+            return
+        reason = None
+        if not reply.success:
+            reason = ": ".join(p for p in (reply.code, reply.message) if p) or None
+        record.reply(_now(), reply.success, reason)
+
+    def _on_progress(self, topic: FirmwareTopic, device: Device, msg: UpgradeProgress) -> None:
+        record = self.book.processing_for(device.id, msg.firmwareId, msg.version)
+        if record is None:
+            held = [
+                f"{r.firmware_id}/{r.version} ({r.state.value})"
+                for r in self.book.records_of(device_id=device.id)
+            ]
+            self.events.add(
+                EventLog.UNMATCHED_PROGRESS,
+                f"{topic}: progress {msg.progress}% for firmware {msg.firmwareId!r} version "
+                f"{msg.version!r} matches no processing record of {device.id!r}"
+                f" (records: {', '.join(held) or 'none'})",
+                topic=str(topic),
+                device_id=device.id,
+            )
+            return
+        record.report_progress(_now(), msg.progress, msg.complete, msg.success, msg.errorReason)
+
+    def _on_pull(self, topic: FirmwareTopic, device: Device, pull: PullFirmware) -> None:
+        record = self.book.pull_candidate(device.id, pull.requestVersion)
+        firmware = self.store.firmware.get(record.firmware_id) if record else None
+        if record is None or firmware is None:
+            wanted = pull.requestVersion or "the latest version"
+            self._send(
+                device,
+                PullReply(
+                    messageId=pull.messageId,
+                    success=False,
+                    code="not_found",
+                    message=f"no firmware upgrade for {device.id!r} at {wanted}",
+                ),
+            )
+            return
+        record.start(_now())
+        self._send(
+            device, PullReply(messageId=pull.messageId, **firmware.fields().model_dump())
+        )
+
+    def _on_report(self, topic: FirmwareTopic, device: Device, report: ReportFirmware) -> None:
+        self.devices.set_version(device.id, report.version)
+        log.info("device %s reports firmware %s", device.id, report.version)
+
+    def _on_read_reply(self, topic: FirmwareTopic, device: Device, reply: ReadReply) -> None:
+        future = self._reads.get(reply.messageId)
+        if future is None or future.done():
+            self.events.add(
+                EventLog.UNKNOWN_REPLY,
+                f"{topic}: read reply to messageId {reply.messageId!r}, which is not awaited",
+                topic=str(topic),
+                device_id=device.id,
+            )
+            return
+        self.devices.set_version(device.id, reply.version)
+        future.set_result(reply)
+
+    # -- conveniences used by the REST API and the steps ------------------------------------
+
+    def records(self, **query: str | None) -> list[UpgradeRecord]:
+        state = query.get("state")
+        return self.book.records_of(
+            task_id=query.get("task_id"),
+            device_id=query.get("device_id"),
+            state=RecordState(state) if state else None,
+        )
