@@ -1,0 +1,52 @@
+"""What the gateway remembers across restarts: the firmware version of itself and of each
+child device it upgrades. One JSON file, replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class GatewayState:
+    """Versions by device id, persisted in ``{state_dir}/state.json``."""
+
+    def __init__(self, state_dir: Path | str) -> None:
+        self.dir = Path(state_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._path = self.dir / "state.json"
+        self._versions: dict[str, str] = {}
+        if self._path.exists():
+            try:
+                data = json.loads(self._path.read_text())
+                self._versions = {str(k): str(v) for k, v in data.get("versions", {}).items()}
+            except (ValueError, AttributeError) as exc:
+                raise ValueError(f"{self._path}: not a gateway state file ({exc})") from None
+
+    def version(self, device_id: str) -> str | None:
+        return self._versions.get(device_id)
+
+    def set_version(self, device_id: str, version: str) -> None:
+        self._versions[device_id] = version
+        write_atomic(self._path, json.dumps({"versions": self._versions}, indent=2).encode())
+
+    def downloads(self) -> Path:
+        path = self.dir / "downloads"
+        path.mkdir(exist_ok=True)
+        return path

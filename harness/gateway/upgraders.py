@@ -1,0 +1,76 @@
+"""Upgraders, registered by target kind: the part of the gateway that installs an image.
+
+The agent downloads and checks the image; an upgrader installs it for one kind of
+target and knows that target's current version. Later kinds (radio nodes, local
+apps, drivers) plug in here without touching the agent.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import Protocol
+
+from .jobs import Job, UpgradeFailed
+from .state import GatewayState
+
+Progress = Callable[[float], None]
+
+
+class Upgrader(Protocol):
+    """Installs images for one target kind."""
+
+    kind: str
+
+    def current_version(self, device_id: str) -> str | None: ...
+
+    async def apply(self, job: Job, progress: Progress) -> str:
+        """Install ``job.image``; return the version now running, or raise UpgradeFailed."""
+        ...
+
+
+class UpgraderRegistry:
+    def __init__(self) -> None:
+        self._by_kind: dict[str, Upgrader] = {}
+
+    def register(self, upgrader: Upgrader) -> None:
+        if upgrader.kind in self._by_kind:
+            raise ValueError(f"an upgrader for {upgrader.kind!r} is already registered")
+        self._by_kind[upgrader.kind] = upgrader
+
+    def get(self, kind: str) -> Upgrader | None:
+        return self._by_kind.get(kind)
+
+    def kinds(self) -> list[str]:
+        return sorted(self._by_kind)
+
+
+class GatewayImageUpgrader:
+    """The gateway's own firmware: the image is kept in the state folder and the version bumped.
+
+    Stands in for flashing the gateway itself, so the whole flow is real end to end.
+    """
+
+    kind = "gateway"
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    def current_version(self, device_id: str) -> str | None:
+        return self.state.version(device_id)
+
+    async def apply(self, job: Job, progress: Progress) -> str:
+        if job.image is None:
+            raise UpgradeFailed("no image to install")
+        slot = self.state.dir / "firmware"
+        slot.mkdir(exist_ok=True)
+        target = slot / f"{job.firmware.version}.bin"
+        try:
+            shutil.copyfile(job.image, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
+        except OSError as exc:
+            raise UpgradeFailed(f"cannot store the image: {exc}") from None
+        progress(50)
+        self.state.set_version(job.device_id, job.firmware.version)
+        progress(100)
+        return job.firmware.version
