@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+#: What Java's Long.parseLong accepts (ASCII digits, one optional sign), and no more.
+_JAVA_LONG = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True)
@@ -70,19 +73,19 @@ def verify(
         raise AuthError(f"unknown device {client_id!r}")
     if not username or "|" not in username:
         raise AuthError(f"device {client_id!r}: username must be 'secureId|timestamp'")
-    secure_id, _, ts_text = username.partition("|")
+    # As JetLinks: split on '|', use the first two parts, sign over the whole username.
+    secure_id, ts_text = username.split("|")[:2]
     if secure_id != secret.secure_id:
         raise AuthError(f"device {client_id!r}: secureId does not match")
-    try:
-        ts = int(ts_text)
-    except ValueError:
-        raise AuthError(f"device {client_id!r}: timestamp {ts_text!r} is not an integer") from None
+    if not _JAVA_LONG.fullmatch(ts_text):
+        raise AuthError(f"device {client_id!r}: timestamp {ts_text!r} is not an integer")
+    ts = int(ts_text)
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if abs(now - ts) > MAX_CLOCK_SKEW_MS:
         raise AuthError(f"device {client_id!r}: timestamp is more than 5 minutes off")
     if isinstance(password, str):
-        password = password.encode()
-    expected = sign_password(secret.secure_id, ts_text, secret.secure_key).encode()
+        password = password.encode(errors="replace")
+    expected = hashlib.md5(f"{username}|{secret.secure_key}".encode()).hexdigest().encode()
     if not password or not hmac.compare_digest(password, expected):
         raise AuthError(
             f"device {client_id!r}: password is not md5(secureId|timestamp|secureKey) "

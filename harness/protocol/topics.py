@@ -1,7 +1,7 @@
 """JetLinks firmware topics, for devices and for child devices behind a gateway.
 
-    /{productId}/{deviceId}/firmware/{kind}
-    /{productId}/{gatewayId}/child/{childId}/firmware/{kind}
+/{productId}/{deviceId}/firmware/{kind}
+/{productId}/{gatewayId}/child/{childId}/firmware/{kind}
 """
 
 from __future__ import annotations
@@ -52,10 +52,18 @@ class FirmwareTopic:
         )
 
     def __post_init__(self) -> None:
-        for name, value in (("productId", self.product_id), ("deviceId", self.device_id)):
+        if not isinstance(self.kind, TopicKind):
+            try:
+                object.__setattr__(self, "kind", TopicKind(self.kind))
+            except ValueError:
+                raise TopicError(repr(self.kind), "not a firmware message kind") from None
+        checks = [("productId", self.product_id)]
+        if self.gateway_id is None:
+            checks.append(("deviceId", self.device_id))
+        else:
+            checks += [("gatewayId", self.gateway_id), ("childId", self.device_id)]
+        for name, value in checks:
             _check_segment(str(self), value, name)
-        if self.gateway_id is not None:
-            _check_segment(str(self), self.gateway_id, "gatewayId")
 
     @property
     def is_child(self) -> bool:
@@ -76,7 +84,9 @@ def child_topic(product_id: str, gateway_id: str, child_id: str, kind: TopicKind
 
 def _check_segment(topic: str, value: str, name: str) -> None:
     if not value or any(c in value for c in "/+#"):
-        raise TopicError(topic, f"{name} must be a non-empty id without '/', '+' or '#'", field=name)
+        raise TopicError(
+            topic, f"{name} must be a non-empty id without '/', '+' or '#'", field=name
+        )
 
 
 def parse_topic(topic: str) -> FirmwareTopic:
