@@ -10,7 +10,6 @@ meanwhile. :class:`MqttEndpoint` is that, over aiomqtt.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -152,7 +151,9 @@ class MqttEndpoint:
             sender = asyncio.create_task(self._drain(client))
             try:
                 # Either ends only by an MqttError (connection lost, publish unacknowledged).
-                done, _ = await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {receiver, sender}, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     task.result()
             finally:

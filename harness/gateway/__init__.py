@@ -1,7 +1,7 @@
 """Reference gateway: MQTT agent, downloader, jobs and upgraders."""
 
 from .agent import DOWNLOAD_SHARE, GatewayAgent, GatewayConfig
-from .download import DownloadError, Downloader, DownloadPolicy, check_sign
+from .download import Downloader, DownloadError, DownloadPolicy, check_sign
 from .jobs import Job, ProgressReporter, UpgradeFailed
 from .state import GatewayState, write_atomic
 from .upgraders import GatewayImageUpgrader, Upgrader, UpgraderRegistry

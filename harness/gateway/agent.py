@@ -40,7 +40,7 @@ from ..protocol import (
     parse_topic,
     subscriptions_for_device,
 )
-from .download import DownloadError, DownloadPolicy, Downloader, check_sign
+from .download import Downloader, DownloadError, DownloadPolicy, check_sign
 from .jobs import Job, ProgressReporter, UpgradeFailed
 from .state import GatewayState
 from .upgraders import GatewayImageUpgrader, UpgraderRegistry
@@ -202,12 +202,16 @@ class GatewayAgent:
             if message.messageId:
                 self._send(
                     topic,
-                    UpgradeReply(messageId=message.messageId, success=False, code=code, message=text),
+                    UpgradeReply(
+                        messageId=message.messageId, success=False, code=code, message=text
+                    ),
                 )
 
         target = self._target_of(topic, message.parameters)
         if target is None:
-            refuse("unsupported_target", f"{topic.device_id!r} is not a device this gateway upgrades")
+            refuse(
+                "unsupported_target", f"{topic.device_id!r} is not a device this gateway upgrades"
+            )
             return
         if self.upgraders.get(target) is None:
             refuse(
@@ -251,13 +255,19 @@ class GatewayAgent:
             raise CorrelationError(str(topic), f"no pull with messageId {reply.messageId!r}")
         self.pull_replies[reply.messageId] = reply
         if not reply.success:
-            log.info("%s: platform has no firmware for us: %s %s", self.device_id, reply.code,
-                     reply.message)
+            log.info(
+                "%s: platform has no firmware for us: %s %s",
+                self.device_id,
+                reply.code,
+                reply.message,
+            )
             return
         try:
             firmware = reply.firmware()
         except ValueError as exc:
-            raise MessageError(str(topic), f"successful pull reply without firmware: {exc}")
+            raise MessageError(
+                str(topic), f"successful pull reply without firmware: {exc}"
+            ) from None
         target = self._target_of(topic, firmware.parameters)
         if target is None or self.upgraders.get(target) is None or topic.device_id in self.jobs:
             log.warning("%s: cannot act on pull reply for target %r", self.device_id, target)
@@ -279,14 +289,18 @@ class GatewayAgent:
         dest = self.state.downloads() / f"{job.firmware.firmwareId}-{job.firmware.version}.bin"
         try:
             if upgrader.current_version(job.device_id) == job.firmware.version:
-                log.info("%s: %s already runs %s", self.device_id, job.device_id, job.firmware.version)
+                log.info(
+                    "%s: %s already runs %s", self.device_id, job.device_id, job.firmware.version
+                )
                 reporter.succeed()
                 return
             reporter.update(0)
             await self._download(job, dest, reporter.span(0, DOWNLOAD_SHARE))
             version = await upgrader.apply(job, reporter.span(DOWNLOAD_SHARE, 99))
             if version != job.firmware.version:
-                raise UpgradeFailed(f"device runs {version} after the upgrade, not {job.firmware.version}")
+                raise UpgradeFailed(
+                    f"device runs {version} after the upgrade, not {job.firmware.version}"
+                )
             reporter.succeed()
             self.report(job.topic, version)
         except UpgradeFailed as exc:

@@ -76,7 +76,9 @@ class ProgressReporter:
 
     def span(self, low: int, high: int) -> Callable[[float], None]:
         """A callback mapping a phase's 0..100 onto ``low``..``high`` of the whole job."""
-        return lambda fraction: self.update(low + (high - low) * max(0.0, min(fraction, 100.0)) / 100)
+        return lambda fraction: self.update(
+            low + (high - low) * max(0.0, min(fraction, 100.0)) / 100
+        )
 
     def succeed(self) -> None:
         if not self.done:

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..protocol import SIGN_METHODS, DeviceSecret
 from .files import FileServer
+from .registry import Device
 from .service import Platform, _now
-from .tasks import RecordState, TaskMode
+from .tasks import RecordState, TaskMode, UpgradeTask
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -243,7 +244,7 @@ class PlatformApi:
             raise bad_request(str(exc).strip("'\"")) from None
         return ok(device.to_dict())
 
-    def _device(self, request: web.Request):  # noqa: ANN202
+    def _device(self, request: web.Request) -> Device:
         device = self.p.devices.get(request.match_info["id"])
         if device is None:
             raise not_found(f"no device {request.match_info['id']!r}")
@@ -266,7 +267,7 @@ class PlatformApi:
 
     # tasks and records
 
-    def _task(self, request: web.Request):  # noqa: ANN202
+    def _task(self, request: web.Request) -> UpgradeTask:
         task = self.p.book.tasks.get(request.match_info["id"])
         if task is None:
             raise not_found(f"no upgrade task {request.match_info['id']!r}")
@@ -310,7 +311,7 @@ class PlatformApi:
     async def get_task(self, request: web.Request) -> web.Response:
         return ok(self._task(request).to_dict())
 
-    def _deploy(self, task, device_ids: list[str]) -> web.Response:  # noqa: ANN001
+    def _deploy(self, task: UpgradeTask, device_ids: list[str]) -> web.Response:
         fw = self.p.store.firmware[task.firmware_id]
         self._check_devices(device_ids, task.product_id)
         devices = [(d, self.p.devices.devices[d].name) for d in device_ids]

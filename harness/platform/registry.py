@@ -99,7 +99,9 @@ class DeviceRegistry:
                 )
             return None
         if topic.gateway_id != device.parent_id:
-            return f"device {device.id!r} is a child of {device.parent_id!r}, not {topic.gateway_id!r}"
+            return (
+                f"device {device.id!r} is a child of {device.parent_id!r}, not {topic.gateway_id!r}"
+            )
         return None
 
     def set_version(self, device_id: str, version: str) -> None:

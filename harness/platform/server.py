@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..mqtt import BrokerUrl
 from .api import PlatformApi
@@ -15,7 +16,7 @@ log = logging.getLogger("ota_hil.platform")
 
 
 @web.middleware
-async def _errors(request: web.Request, handler):  # noqa: ANN001, ANN202
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException:

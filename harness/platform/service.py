@@ -101,7 +101,9 @@ class Platform:
     def _credentials(self) -> MqttCredentials:
         return MqttCredentials(PLATFORM_CLIENT_ID, PLATFORM_CLIENT_ID, self._token)
 
-    def authenticate(self, client_id: str | None, username: str | None, password: str | None) -> None:
+    def authenticate(
+        self, client_id: str | None, username: str | None, password: str | None
+    ) -> None:
         """Broker-side check of a connecting client: the platform itself, or a device with
         JetLinks credentials. Hand this to an embedded broker to turn auth on."""
         if client_id == PLATFORM_CLIENT_ID:
@@ -285,9 +287,7 @@ class Platform:
             )
             return
         record.start(_now())
-        self._send(
-            device, PullReply(messageId=pull.messageId, **firmware.fields().model_dump())
-        )
+        self._send(device, PullReply(messageId=pull.messageId, **firmware.fields().model_dump()))
 
     def _on_report(self, topic: FirmwareTopic, device: Device, report: ReportFirmware) -> None:
         self.devices.set_version(device.id, report.version)

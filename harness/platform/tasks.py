@@ -339,7 +339,9 @@ class TaskBook:
                 canceled.append(record)
         return canceled
 
-    def restart(self, task: UpgradeTask, states: list[RecordState], now: int) -> list[UpgradeRecord]:
+    def restart(
+        self, task: UpgradeTask, states: list[RecordState], now: int
+    ) -> list[UpgradeRecord]:
         """Put the task's records in ``states`` back to waiting (retry failed, start canceled)."""
         task.running = True
         again = [r for r in self.records_of(task.id) if r.state in states]

@@ -1,0 +1,110 @@
+"""pytest plugin (entry point ``ota_hil``): options and fixtures to run scenarios against
+a live broker, platform and reference gateway.
+
+- ``--broker`` picks the backend(s); tests that use ``broker_backend`` (directly or
+  through ``ota``) run once per backend.
+- ``ota`` is a running :class:`~harness.system.OtaSystem` driven from synchronous code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+from .broker import BrokerUnavailable
+from .client import PlatformClient
+from .loop import LoopThread
+from .system import OtaSystem, SystemConfig
+
+T = TypeVar("T")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ota-hil", "ota-hil harness")
+    group.addoption(
+        "--broker",
+        action="append",
+        default=None,
+        metavar="BACKEND",
+        help="MQTT broker for the scenarios: embedded, mosquitto, container or mqtt://host:port; "
+        "repeat or comma-separate to run every scenario on each (default: ini ota_brokers)",
+    )
+    group.addoption(
+        "--ota-check-interval",
+        type=float,
+        default=None,
+        help="the mock platform's push check interval in seconds for scenarios (default 0.2)",
+    )
+    parser.addini(
+        "ota_brokers",
+        "broker backends scenarios run on when --broker is not given (space separated)",
+        default="embedded",
+    )
+
+
+def broker_backends(config: pytest.Config) -> list[str]:
+    chosen = config.getoption("--broker") or [config.getini("ota_brokers")]
+    specs = [s for item in chosen for s in item.replace(",", " ").split()]
+    return list(dict.fromkeys(specs)) or ["embedded"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "broker_backend" in metafunc.fixturenames:
+        backends = broker_backends(metafunc.config)
+        metafunc.parametrize(
+            "broker_backend", backends, indirect=True, ids=backends, scope="session"
+        )
+
+
+@pytest.fixture(scope="session")
+def broker_backend(request: pytest.FixtureRequest) -> str:
+    """The broker spec this test runs on."""
+    return getattr(request, "param", broker_backends(request.config)[0])
+
+
+@pytest.fixture(scope="session")
+def ota_loop() -> Iterator[LoopThread]:
+    """One asyncio loop on a thread for the session's synchronous tests and steps."""
+    with LoopThread() as loop:
+        yield loop
+
+
+@pytest.fixture
+def ota_config(broker_backend: str, request: pytest.FixtureRequest) -> SystemConfig:
+    """The system under test's configuration; override this fixture to change it."""
+    interval = request.config.getoption("--ota-check-interval") or 0.2
+    return SystemConfig(broker=broker_backend, check_interval=interval)
+
+
+class Ota:
+    """A running system plus the loop it lives on, for synchronous callers."""
+
+    def __init__(self, system: OtaSystem, loop: LoopThread) -> None:
+        self.system = system
+        self.loop = loop
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return self.loop.run(coro, timeout)
+
+    @property
+    def client(self) -> PlatformClient:
+        assert self.system.client is not None
+        return self.system.client
+
+
+@pytest.fixture
+def ota(ota_loop: LoopThread, ota_config: SystemConfig) -> Iterator[Ota]:
+    """Broker, mock platform and reference gateway, started for one test."""
+    system = OtaSystem(ota_config)
+    try:
+        ota_loop.run(system.start())
+    except BrokerUnavailable as exc:
+        if ota_config.broker == "embedded":
+            raise
+        pytest.skip(str(exc))
+    try:
+        yield Ota(system, ota_loop)
+    finally:
+        ota_loop.run(system.stop())

@@ -1,0 +1,129 @@
+"""Broker, platform and reference gateway started together: what ``ota-hil up`` runs and
+what the scenarios run against."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .broker import Broker, make_broker
+from .client import PlatformClient
+from .gateway import GatewayAgent, GatewayConfig
+from .platform import PlatformConfig, PlatformServer
+from .protocol import DeviceSecret
+
+log = logging.getLogger("ota_hil.system")
+
+
+@dataclass
+class SystemConfig:
+    broker: str = "embedded"
+    product_id: str = "gateway-product"
+    gateway_id: str = "gateway-1"
+    gateway_version: str = "1.0.0"
+    check_interval: float = 30.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 0
+    #: Check JetLinks MQTT credentials at the broker (embedded broker only).
+    auth: bool = False
+    #: Where the gateway keeps its state; a fresh temporary folder when None.
+    state_dir: Path | None = None
+    start_gateway: bool = True
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
+
+
+class OtaSystem:
+    """Everything a push needs, on loopback. Use as ``async with OtaSystem(cfg) as system``."""
+
+    def __init__(self, config: SystemConfig | None = None) -> None:
+        self.config = config or SystemConfig()
+        self.config.platform.check_interval = self.config.check_interval
+        self.broker: Broker | None = None
+        self.platform: PlatformServer | None = None
+        self.gateway: GatewayAgent | None = None
+        self.client: PlatformClient | None = None
+        self.secret = (
+            DeviceSecret(secrets.token_hex(8), secrets.token_hex(16)) if self.config.auth else None
+        )
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        try:
+            authenticator = self._authenticate if cfg.auth else None
+            self.broker = make_broker(cfg.broker, authenticator=authenticator)
+            await self.broker.start()
+            self.platform = PlatformServer(
+                self.broker.url, host=cfg.http_host, port=cfg.http_port, config=cfg.platform
+            )
+            await self.platform.start()
+            self.client = PlatformClient(self.platform.url)
+            registry = self.platform.platform.devices
+            registry.add_product(cfg.product_id, "Gateway")
+            registry.add_device(
+                cfg.gateway_id,
+                cfg.product_id,
+                name="Reference gateway",
+                secret=self.secret,
+            )
+            if cfg.start_gateway:
+                await self.start_gateway()
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _authenticate(
+        self, client_id: str | None, username: str | None, password: str | None
+    ) -> None:
+        assert self.platform is not None
+        self.platform.platform.authenticate(client_id, username, password)
+
+    def gateway_config(self) -> GatewayConfig:
+        if self.config.state_dir is None:
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="ota-hil-gw-")
+            self.config.state_dir = Path(self._tmp.name)
+        return GatewayConfig(
+            product_id=self.config.product_id,
+            device_id=self.config.gateway_id,
+            state_dir=self.config.state_dir,
+            secret=self.secret,
+            initial_version=self.config.gateway_version,
+        )
+
+    async def start_gateway(self) -> GatewayAgent:
+        """(Re)start the reference gateway; its state folder survives a restart."""
+        assert self.broker is not None
+        if self.gateway is not None:
+            await self.stop_gateway()
+        self.gateway = GatewayAgent(self.gateway_config())
+        await self.gateway.start(self.broker.url)
+        return self.gateway
+
+    async def stop_gateway(self) -> None:
+        if self.gateway is not None:
+            await self.gateway.stop()
+            self.gateway = None
+
+    async def stop(self) -> None:
+        await self.stop_gateway()
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+        if self.platform is not None:
+            await self.platform.stop()
+            self.platform = None
+        if self.broker is not None:
+            await self.broker.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> OtaSystem:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
