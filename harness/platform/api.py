@@ -241,7 +241,7 @@ class PlatformApi:
                 firmware_version=body.firmwareVersion,
             )
         except (KeyError, ValueError) as exc:
-            raise bad_request(str(exc).strip("'\"")) from None
+            raise bad_request(str(exc.args[0])) from None
         return ok(device.to_dict())
 
     def _device(self, request: web.Request) -> Device:
@@ -258,7 +258,9 @@ class PlatformApi:
         try:
             timeout = float(request.query.get("timeout", self.p.config.read_timeout))
         except ValueError:
-            raise bad_request("timeout: must be a number of seconds") from None
+            timeout = -1.0
+        if not 0 < timeout <= 3600:
+            raise bad_request("timeout: must be a number of seconds in (0, 3600]")
         try:
             version = await self.p.read_version(device.id, timeout)
         except TimeoutError as exc:

@@ -34,6 +34,7 @@ class EventLog:
     BAD_MESSAGE = "bad_message"
     UNMATCHED_PROGRESS = "unmatched_progress"
     UNKNOWN_REPLY = "unknown_reply"
+    LATE_REPLY = "late_reply"
     UNKNOWN_DEVICE = "unknown_device"
     RECORD_TIMEOUT = "record_timeout"
 

@@ -11,7 +11,7 @@ import asyncio
 import hmac
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -34,8 +34,10 @@ class DownloadFaults:
     #: Seconds to sleep between chunks (a slow link).
     chunk_delay: float = 0.0
 
-    def take_cut(self) -> int | None:
-        if self.cut_after_bytes is None or self.cut_times <= 0:
+    def take_cut(self, length: int) -> int | None:
+        """Where to cut a body of ``length`` bytes, or None; a cut that would fall at or past
+        the end is no cut and is kept for the next download."""
+        if self.cut_after_bytes is None or self.cut_times <= 0 or self.cut_after_bytes >= length:
             return None
         self.cut_times -= 1
         return self.cut_after_bytes
@@ -53,7 +55,14 @@ class ServedRequest:
     time: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "fileId": self.file_id,
+            "status": self.status,
+            "range": self.range,
+            "sent": self.sent,
+            "cut": self.cut,
+            "time": self.time,
+        }
 
 
 class FileServer:
@@ -123,8 +132,11 @@ class FileServer:
             response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         response.content_length = len(body)
         await response.prepare(request)
+        if request.method == "HEAD":
+            self.served.append(ServedRequest(file_id, status, range_header, 0, False))
+            return response
 
-        cut = self.faults.take_cut()
+        cut = self.faults.take_cut(len(body))
         limit = len(body) if cut is None else min(cut, len(body))
         sent = 0
         while sent < limit:
@@ -134,7 +146,7 @@ class FileServer:
             if self.faults.chunk_delay:
                 await asyncio.sleep(self.faults.chunk_delay)
         self.served.append(ServedRequest(file_id, status, range_header, sent, cut is not None))
-        if cut is not None and sent < len(body):
+        if cut is not None:
             # A cut link: the client sees the connection close before Content-Length is met.
             if request.transport is not None:
                 request.transport.close()

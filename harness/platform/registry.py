@@ -102,6 +102,12 @@ class DeviceRegistry:
             return (
                 f"device {device.id!r} is a child of {device.parent_id!r}, not {topic.gateway_id!r}"
             )
+        gateway = self.devices[device.parent_id]
+        if topic.product_id != gateway.product_id:
+            return (
+                f"gateway {gateway.id!r} of child {device.id!r} belongs to product "
+                f"{gateway.product_id!r}, not {topic.product_id!r}"
+            )
         return None
 
     def set_version(self, device_id: str, version: str) -> None:

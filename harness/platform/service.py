@@ -180,13 +180,13 @@ class Platform:
         message = ReadFirmware(messageId=new_message_id())
         future: asyncio.Future[ReadReply] = asyncio.get_running_loop().create_future()
         self._reads[message.messageId] = future
+        wait = self.config.read_timeout if timeout is None else timeout
         try:
             self._send(device, message)
-            reply = await asyncio.wait_for(future, timeout or self.config.read_timeout)
+            reply = await asyncio.wait_for(future, wait)
         except TimeoutError:
             raise TimeoutError(
-                f"device {device_id!r} did not answer the firmware read within "
-                f"{timeout or self.config.read_timeout:g} s"
+                f"device {device_id!r} did not answer the firmware read within {wait:g} s"
             ) from None
         finally:
             self._reads.pop(message.messageId, None)
@@ -246,7 +246,14 @@ class Platform:
             )
             return
         if record.state is not RecordState.PROCESSING:
-            log.debug("late reply for record %s in state %s", record.id, record.state.value)
+            self.events.add(
+                EventLog.LATE_REPLY,
+                f"{topic}: reply to messageId {reply.messageId!r} came after record "
+                f"{record.id} ended {record.state.value}",
+                topic=str(topic),
+                device_id=device.id,
+                level=logging.INFO,
+            )
             return
         reason = None
         if not reply.success:

@@ -293,8 +293,10 @@ class TaskBook:
         self._by_message[message_id] = record.id
 
     def by_message_id(self, message_id: str) -> UpgradeRecord | None:
-        rid = self._by_message.get(message_id)
-        return self.records.get(rid) if rid else None
+        """The record whose current attempt was sent as ``message_id`` (an earlier attempt's
+        id, or one from before a re-deploy, answers nothing)."""
+        record = self.records.get(self._by_message.get(message_id, ""))
+        return record if record is not None and record.message_id == message_id else None
 
     def processing_for(
         self, device_id: str, firmware_id: str, version: str
