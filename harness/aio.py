@@ -29,7 +29,9 @@ async def cancel_and_wait(*tasks: asyncio.Task[object] | None, timeout: float = 
         raise asyncio.CancelledError
 
 
-async def _cancel_until_done(tasks: tuple[asyncio.Task[object] | None, ...], timeout: float) -> None:
+async def _cancel_until_done(
+    tasks: tuple[asyncio.Task[object] | None, ...], timeout: float
+) -> None:
     pending = {t for t in tasks if t is not None and not t.done()}
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

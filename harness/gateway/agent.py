@@ -113,6 +113,9 @@ class GatewayAgent:
     async def stop(self) -> None:
         await cancel_and_wait(*(task for _, task in list(self.jobs.values())))
         if self.mqtt is not None:
+            # The interrupted jobs' last progress should still reach the platform.
+            with contextlib.suppress(TimeoutError):
+                await self.mqtt.flush(timeout=2.0)
             await self.mqtt.stop()
         await self.downloader.close()
 
@@ -286,7 +289,7 @@ class GatewayAgent:
         )
         upgrader = self.upgraders.get(job.target)
         assert upgrader is not None
-        dest = self.state.downloads() / f"{job.firmware.firmwareId}-{job.firmware.version}.bin"
+        dest = self.state.download_path(job.firmware.firmwareId, job.firmware.version)
         try:
             if upgrader.current_version(job.device_id) == job.firmware.version:
                 log.info(

@@ -99,9 +99,9 @@ class Downloader:
                 if idle >= self.policy.retries:
                     raise DownloadError(
                         f"download failed after {idle} attempts without progress "
-                        f"({offset} of {size} bytes): {type(exc).__name__}: {exc}"
+                        f"({offset} of {size} bytes): {describe(exc)}"
                     ) from None
-                log.info("download cut at %d/%d bytes (%s); resuming", offset, size, exc)
+                log.info("download cut at %d/%d bytes (%s); resuming", offset, size, describe(exc))
                 await asyncio.sleep(self.policy.backoff * idle)
                 continue
             if offset == size:
@@ -123,8 +123,14 @@ class Downloader:
         async with self._client().get(url, headers=headers) as resp:
             if resp.status in (401, 403, 404, 410):
                 raise DownloadError(f"HTTP {resp.status} {resp.reason} for {_safe(url)}")
-            if resp.status == 416 and offset == size:
-                return offset
+            if resp.status == 416:
+                if offset == size:
+                    return offset
+                total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+                raise DownloadError(
+                    f"the file on the server is {total or 'of unknown size'} bytes, "
+                    f"shorter than the announced size {size}"
+                )
             if resp.status >= 400:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, (), status=resp.status, message=resp.reason or ""
@@ -166,3 +172,16 @@ class Downloader:
 def _safe(url: str) -> str:
     """The URL without its query (the accessKey stays out of logs and reasons)."""
     return url.split("?", 1)[0]
+
+
+_QUERY = re.compile(r"\?[^\s'\")]*")
+
+
+def describe(exc: BaseException) -> str:
+    """An exception as one line for a log or an errorReason, with every URL's query (and so
+    the accessKey) removed: aiohttp puts the full URL into its messages."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        text = f"HTTP {exc.status} {exc.message}"
+    else:
+        text = _QUERY.sub("", str(exc)) or "no detail"
+    return f"{type(exc).__name__}: {text}"

@@ -3,6 +3,7 @@ child device it upgrades. One JSON file, replaced atomically."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -43,8 +44,16 @@ class GatewayState:
         return self._versions.get(device_id)
 
     def set_version(self, device_id: str, version: str) -> None:
-        self._versions[device_id] = version
-        write_atomic(self._path, json.dumps({"versions": self._versions}, indent=2).encode())
+        """Persist first: if the write fails, memory still agrees with the disk."""
+        versions = {**self._versions, device_id: version}
+        write_atomic(self._path, json.dumps({"versions": versions}, indent=2).encode())
+        self._versions = versions
+
+    def download_path(self, firmware_id: str, version: str) -> Path:
+        """Where an image is downloaded to: named by a digest, since the ids come off the
+        wire and may hold '/' or '..'."""
+        key = hashlib.sha256(f"{firmware_id}\0{version}".encode()).hexdigest()[:32]
+        return self.downloads() / f"{key}.bin"
 
     def downloads(self) -> Path:
         path = self.dir / "downloads"

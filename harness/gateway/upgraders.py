@@ -7,6 +7,8 @@ apps, drivers) plug in here without touching the agent.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from collections.abc import Callable
 from typing import Protocol
@@ -45,6 +47,14 @@ class UpgraderRegistry:
         return sorted(self._by_kind)
 
 
+def image_name(version: str) -> str:
+    """A file name for an image of ``version``: the version itself when it is a plain name,
+    else a digest of it (versions come off the wire)."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}", version):
+        return f"{version}.bin"
+    return hashlib.sha256(version.encode()).hexdigest()[:32] + ".bin"
+
+
 class GatewayImageUpgrader:
     """The gateway's own firmware: the image is kept in the state folder and the version bumped.
 
@@ -64,7 +74,7 @@ class GatewayImageUpgrader:
             raise UpgradeFailed("no image to install")
         slot = self.state.dir / "firmware"
         slot.mkdir(exist_ok=True)
-        target = slot / f"{job.firmware.version}.bin"
+        target = slot / image_name(job.firmware.version)
         try:
             shutil.copyfile(job.image, target.with_suffix(".tmp"))
             target.with_suffix(".tmp").replace(target)
