@@ -37,7 +37,7 @@ class FirmwareMessage(BaseModel):
     timestamp: int = Field(default_factory=now_ms, ge=0)
 
     def to_dict(self) -> dict[str, Any]:
-        data = self.model_dump(mode="json", by_alias=True)
+        data = self.model_dump(by_alias=True)  # python mode: keeps dict keys as sent
         return {k: v for k, v in data.items() if v is not None or k in self.nullable}
 
     def to_json(self) -> bytes:
