@@ -54,7 +54,7 @@ async def embedded_in_subprocess() -> AsyncIterator[BrokerUrl]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from harness.broker.cli import broker_command; broker_command()",
+        "from harness.cli.broker import broker_command; broker_command()",
         # amqtt warns about PUBACKs that race a client's DISCONNECT; not our concern here.
         "--log-level",
         "error",

@@ -4,6 +4,7 @@ can drive the asyncio components."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -28,11 +29,11 @@ class LoopThread:
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
         """Run ``coro`` on the loop and wait for its result (re-raising its exception)."""
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except TimeoutError:
+        done, _ = concurrent.futures.wait([future], timeout)
+        if not done:
             future.cancel()
-            raise TimeoutError(f"{coro.__qualname__} took longer than {timeout} s") from None
+            raise TimeoutError(f"{coro.__qualname__} took longer than {timeout} s")
+        return future.result()
 
     def close(self) -> None:
         if not self.loop.is_running():

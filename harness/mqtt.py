@@ -107,8 +107,11 @@ class MqttEndpoint:
 
         A topic no broker would take raises here, at the caller, rather than jamming the
         outbox for everything queued after it."""
-        if not topic or any(c in topic for c in "+#\0"):
-            raise ValueError(f"cannot publish to {topic!r}: empty, or holds '+', '#' or NUL")
+        if not topic or any(c in topic for c in "+#\0") or len(topic.encode()) > 65535:
+            raise ValueError(
+                f"cannot publish to {topic[:80]!r}: empty, longer than 65535 bytes, "
+                "or holds '+', '#' or NUL"
+            )
         self._outbox.append((topic, payload, qos))
         self._pending.set()
 
@@ -130,7 +133,12 @@ class MqttEndpoint:
                     delay = self._backoff[0]
                 else:
                     self.log.info("%s: cannot connect to %s: %s", self.client_id, self.broker, exc)
-            self.connected.clear()
+            except Exception as exc:
+                # A bug below us must not end the session for good: log it and reconnect.
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.log.exception("%s: session failed; reconnecting", self.client_id)
+            finally:
+                self.connected.clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff[1])
 
@@ -180,7 +188,11 @@ class MqttEndpoint:
             await self._pending.wait()
             while self._outbox:
                 topic, payload, qos = self._outbox[0]
-                await client.publish(topic, payload, qos=qos)
+                try:
+                    await client.publish(topic, payload, qos=qos)
+                except ValueError as exc:
+                    # paho refuses it outright; resending would never succeed.
+                    self.log.error("%s: dropped message to %r: %s", self.client_id, topic, exc)
                 self._outbox.popleft()
             self._pending.clear()
 

@@ -28,7 +28,7 @@ from harness.broker import (
 )
 from harness.broker import mosquitto as mosquitto_module
 from harness.broker.base import can_connect, free_port
-from harness.broker.cli import broker_command
+from harness.cli.broker import broker_command
 from harness.mqtt import BrokerUrl
 from harness.protocol.auth import AuthError, DeviceSecret, credentials_for, verify
 
@@ -213,14 +213,18 @@ async def test_external_broker_wants_an_mqtt_answer_not_just_a_socket() -> None:
     server = await asyncio.start_server(not_mqtt, "127.0.0.1", 0)
     async with server:
         port = server.sockets[0].getsockname()[1]
-        with pytest.raises(BrokerUnavailable, match=f"127.0.0.1:{port}.*something listens"):
+        with pytest.raises(
+            BrokerUnavailable, match=f"no MQTT broker answers at mqtt://127.0.0.1:{port}"
+        ):
             await ExternalBroker(f"mqtt://127.0.0.1:{port}").start()
 
 
 async def test_external_broker_reports_refused_url_credentials() -> None:
     async with EmbeddedBroker(authenticator=jetlinks_auth) as broker:
         url = f"mqtt://sid-0001|0:wrong@127.0.0.1:{broker.url.port}"
-        with pytest.raises(BrokerUnavailable, match="refused the URL's credentials"):
+        with pytest.raises(
+            BrokerUnavailable, match=r"refused the URL.s credentials: .*Not authorized"
+        ):
             await ExternalBroker(url).start()
 
 
@@ -285,7 +289,7 @@ async def test_cli_serves_until_sigint_then_exits_zero() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        "from harness.broker.cli import broker_command; broker_command()",
+        "from harness.cli.broker import broker_command; broker_command()",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -247,7 +247,7 @@ def test_up_with_the_container_broker_fails_at_once_without_docker() -> None:
 
 def test_push_to_a_platform_that_is_not_there_says_so(firmware: Path) -> None:
     result = push(firmware, "http://127.0.0.1:9", "--version", "2.0.0")
-    assert result.returncode == 1
+    assert result.returncode == 3
     assert "cannot reach the platform at http://127.0.0.1:9" in result.stderr
 
 
@@ -269,3 +269,23 @@ def test_run_writes_junit_and_allure_results(tmp_path: Path) -> None:
     ]
     assert [r["status"] for r in results] == ["passed"]
     assert [s["name"] for s in results[0]["steps"]][-1].startswith("Then")
+
+
+def test_platform_with_an_unknown_parent_device_is_a_usage_error() -> None:
+    result = CliRunner().invoke(
+        main, ["platform", "--broker", "mqtt://127.0.0.1:1", "--device", "p/node-1/gw-404"]
+    )
+    assert result.exit_code == 2
+    assert "--device" in result.output and "gw-404" in result.output
+
+
+def test_platform_without_a_broker_fails_with_one_line() -> None:
+    result = subprocess.run(
+        [*OTA, "platform", "--broker", "mqtt://127.0.0.1:9", "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "mqtt://127.0.0.1:9" in result.stderr

@@ -268,3 +268,9 @@ async def test_many_messages_go_out_in_order_and_flush_waits_for_them(
             assert listener.payloads == [str(n).encode() for n in range(50)]
         finally:
             await endpoint.stop()
+
+
+def test_a_topic_longer_than_mqtt_allows_is_refused_at_the_call() -> None:
+    endpoint = MqttEndpoint("mqtt://127.0.0.1:1", "ep-long", [], Inbox())
+    with pytest.raises(ValueError, match="longer than 65535 bytes"):
+        endpoint.publish("t/" + "x" * 65535, b"")

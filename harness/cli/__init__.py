@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
-from ..broker.cli import broker_command
+from .broker import broker_command
 from .push import push_command
 from .run import run_command
 from .services import gateway_command, platform_command, up_command

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..client import PlatformApiError, PlatformClient
+from ..platform import RecordState
 from .common import say
 
-_FINAL = ("success", "failed", "canceled")
+_FINAL = {s.value for s in RecordState if s.final}
 
 
-def _params(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict:
+def _params(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
     out = {}
     for value in values:
         key, sep, val = value.partition("=")
@@ -92,7 +94,7 @@ def push_command(
     devices: tuple[str, ...],
     sign_method: str,
     sign: str | None,
-    parameters: dict,
+    parameters: dict[str, str],
     mode: str,
     timeout: int,
     response_timeout: int,
@@ -103,7 +105,8 @@ def push_command(
     """Push FIRMWARE to devices through the platform's REST API and follow the records.
 
     Exit status: 0 when every record succeeded, 1 when one failed or was canceled,
-    2 when following timed out.
+    2 when following timed out, 3 when the platform refused a request or could not be
+    reached.
     """
     try:
         code = asyncio.run(
@@ -125,10 +128,16 @@ def push_command(
             )
         )
     except PlatformApiError as exc:
-        raise click.ClickException(f"platform refused: {exc}") from None
+        raise HarnessError(f"platform refused: {exc}") from None
     except OSError as exc:
-        raise click.ClickException(f"cannot reach the platform at {platform_url}: {exc}") from None
+        raise HarnessError(f"cannot reach the platform at {platform_url}: {exc}") from None
     raise SystemExit(code)
+
+
+class HarnessError(click.ClickException):
+    """The platform refused or could not be reached: not a verdict on any device."""
+
+    exit_code = 3
 
 
 async def _push(
@@ -139,7 +148,7 @@ async def _push(
     devices: list[str],
     sign_method: str,
     sign: str | None,
-    parameters: dict,
+    parameters: dict[str, str],
     mode: str,
     timeout: int,
     response_timeout: int,
@@ -187,7 +196,7 @@ class RecordWatcher:
         self.task_id = task_id
         self.seen: dict[str, tuple[str, int]] = {}
 
-    async def poll(self) -> list[dict]:
+    async def poll(self) -> list[dict[str, Any]]:
         records = await self.client.records(taskId=self.task_id)
         for r in records:
             now = (r["state"], r["progress"])

@@ -38,7 +38,7 @@ def features_dir() -> Path:
 )
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
 def run_command(brokers: tuple[str, ...], reports: Path, pytest_args: tuple[str, ...]) -> None:
-    """Run the Gherkin scenarios against the simulated targets and write reports.
+    """Run the Gherkin scenarios (broker, mock platform, reference gateway) and write reports.
 
     Extra arguments go to pytest (e.g. -k "pull" or -x). Allure results go to
     REPORTS/allure-results (view them with `allure` if installed), JUnit XML to

@@ -26,7 +26,9 @@ def _broker_url(ctx: click.Context, param: click.Parameter, value: str) -> Broke
         raise click.BadParameter(str(exc)) from None
 
 
-def _device_spec(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list:
+def _device_spec(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[list[str]]:
     out = []
     for value in values:
         parts = value.split("/")
@@ -35,6 +37,14 @@ def _device_spec(ctx: click.Context, param: click.Parameter, values: tuple[str, 
         out.append(parts)
     return out
 
+
+public_url_option = click.option(
+    "--public-url",
+    default=None,
+    metavar="URL",
+    help="Base of download URLs as devices reach the platform (when --host is 0.0.0.0 or "
+    "behind NAT) [default: the address it listens on].",
+)
 
 check_interval_option = click.option(
     "--check-interval",
@@ -49,6 +59,7 @@ check_interval_option = click.option(
 @click.option("--broker", required=True, callback=_broker_url, help="mqtt://host:port to use.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="REST/file server address.")
 @click.option("--http-port", type=click.IntRange(0, 65535), default=0, help="0: a free port.")
+@public_url_option
 @check_interval_option
 @click.option(
     "--device",
@@ -63,6 +74,7 @@ def platform_command(
     broker: BrokerUrl,
     host: str,
     http_port: int,
+    public_url: str | None,
     check_interval: float,
     devices: list[list[str]],
     log_level: str,
@@ -74,21 +86,32 @@ def platform_command(
     """
     setup_logging(log_level)
 
+    server = PlatformServer(
+        broker,
+        host=host,
+        port=http_port,
+        config=PlatformConfig(check_interval=check_interval),
+        public_url=public_url,
+    )
+    registry = server.platform.registry
+    try:
+        # Gateways before their children, whatever the order on the command line.
+        for product_id, device_id, *parent in sorted(devices, key=len):
+            registry.add_product(product_id)
+            registry.add_device(device_id, product_id, parent_id=parent[0] if parent else None)
+    except (KeyError, ValueError) as exc:
+        raise click.BadParameter(str(exc.args[0]), param_hint="--device") from None
+
     async def main(stop: asyncio.Event) -> None:
-        server = PlatformServer(
-            broker, host=host, port=http_port, config=PlatformConfig(check_interval=check_interval)
-        )
         async with server:
-            for product_id, device_id, *parent in devices:
-                server.platform.devices.add_product(product_id)
-                server.platform.devices.add_device(
-                    device_id, product_id, parent_id=parent[0] if parent else None
-                )
             say(f"platform   {server.url}")
             say(f"broker     {broker}")
             await stop.wait()
 
-    serve(main)
+    try:
+        serve(main)
+    except (ConnectionError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.command("gateway")
@@ -160,6 +183,7 @@ def gateway_command(
     help="embedded, mosquitto, container, or mqtt://host:port of a running broker.",
 )
 @click.option("--http-port", type=click.IntRange(0, 65535), default=0, help="0: a free port.")
+@public_url_option
 @check_interval_option
 @click.option("--product-id", default="gateway-product", show_default=True)
 @click.option("--gateway-id", default="gateway-1", show_default=True)
@@ -185,6 +209,7 @@ def gateway_command(
 def up_command(
     broker: str,
     http_port: int,
+    public_url: str | None,
     check_interval: float,
     product_id: str,
     gateway_id: str,
@@ -201,8 +226,9 @@ def up_command(
         product_id=product_id,
         gateway_id=gateway_id,
         gateway_version=initial_version,
-        check_interval=check_interval,
+        platform=PlatformConfig(check_interval=check_interval),
         http_port=http_port,
+        public_url=public_url,
         auth=auth,
         state_dir=state_dir,
     )
@@ -211,19 +237,19 @@ def up_command(
         system = OtaSystem(config)
         try:
             await system.start()
-        except (BrokerUnavailable, ValueError) as exc:
+        except (BrokerUnavailable, ConnectionError, OSError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         try:
-            assert system.broker and system.platform and system.gateway
+            assert system.broker and system.platform_server and system.gateway
             say(f"broker     {system.broker.url} ({system.broker.kind})")
-            say(f"platform   {system.platform.url}")
+            say(f"platform   {system.platform_server.url}")
             say(f"product    {product_id}")
             say(f"gateway    {gateway_id} version {system.gateway.version}")
             if system.secret:
                 say(f"secureId   {system.secret.secure_id}")
                 say(f"secureKey  {system.secret.secure_key}")
             say(
-                f"push with  ota-hil push FIRMWARE.bin --platform {system.platform.url} "
+                f"push with  ota-hil push FIRMWARE.bin --platform {system.platform_server.url} "
                 f"--product-id {product_id} --device {gateway_id} --version VERSION"
             )
             await stop.wait()
