@@ -8,7 +8,10 @@ a live broker, platform and reference gateway.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterator
+import logging
+import re
+from collections.abc import Coroutine, Generator, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -16,6 +19,7 @@ import pytest
 from .broker import BrokerUnavailable
 from .client import PlatformClient
 from .loop import LoopThread
+from .platform import PlatformConfig
 from .system import OtaSystem, SystemConfig
 
 T = TypeVar("T")
@@ -36,6 +40,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=float,
         default=None,
         help="the mock platform's push check interval in seconds for scenarios (default 0.2)",
+    )
+    group.addoption(
+        "--ota-logs",
+        default="reports/logs",
+        metavar="DIR",
+        help="where each test's ota-hil log goes, one file per test (default reports/logs, "
+        "relative to the rootdir)",
     )
     parser.addini(
         "ota_brokers",
@@ -75,7 +86,7 @@ def ota_loop() -> Iterator[LoopThread]:
 def ota_config(broker_backend: str, request: pytest.FixtureRequest) -> SystemConfig:
     """The system under test's configuration; override this fixture to change it."""
     interval = request.config.getoption("--ota-check-interval") or 0.2
-    return SystemConfig(broker=broker_backend, check_interval=interval)
+    return SystemConfig(broker=broker_backend, platform=PlatformConfig(check_interval=interval))
 
 
 class Ota:
@@ -94,8 +105,48 @@ class Ota:
         return self.system.client
 
 
+LOG_KEY = pytest.StashKey[Path]()
+
+
 @pytest.fixture
-def ota(ota_loop: LoopThread, ota_config: SystemConfig) -> Iterator[Ota]:
+def ota_log(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """This test's log file: every ota-hil logger at INFO and above (DEBUG with -v -v)."""
+    folder = Path(request.config.getoption("--ota-logs"))
+    if not folder.is_absolute():
+        folder = request.config.rootpath / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", request.node.nodeid).strip("_")[:180]
+    path = folder / f"{name}.log"
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logger = logging.getLogger("ota_hil")
+    level = logging.DEBUG if request.config.get_verbosity() >= 2 else logging.INFO
+    previous = logger.level
+    logger.setLevel(min(level, logger.getEffectiveLevel()))
+    logger.addHandler(handler)
+    request.node.stash[LOG_KEY] = path
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        handler.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report names its log file (pytest-embedded does the same)."""
+    report = yield
+    path = item.stash.get(LOG_KEY, None)
+    if path is not None and report.failed:
+        report.sections.append(("ota-hil log", f"full log of this test: {path}"))
+    return report
+
+
+@pytest.fixture
+def ota(ota_loop: LoopThread, ota_config: SystemConfig, ota_log: Path) -> Iterator[Ota]:
     """Broker, mock platform and reference gateway, started for one test."""
     system = OtaSystem(ota_config)
     try:

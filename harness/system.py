@@ -3,6 +3,7 @@ what the scenarios run against."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import tempfile
@@ -24,9 +25,10 @@ class SystemConfig:
     product_id: str = "gateway-product"
     gateway_id: str = "gateway-1"
     gateway_version: str = "1.0.0"
-    check_interval: float = 30.0
     http_host: str = "127.0.0.1"
     http_port: int = 0
+    #: Base of download URLs when devices do not reach the platform at its bind address.
+    public_url: str | None = None
     #: Check JetLinks MQTT credentials at the broker (embedded broker only).
     auth: bool = False
     #: Where the gateway keeps its state; a fresh temporary folder when None.
@@ -40,9 +42,8 @@ class OtaSystem:
 
     def __init__(self, config: SystemConfig | None = None) -> None:
         self.config = config or SystemConfig()
-        self.config.platform.check_interval = self.config.check_interval
         self.broker: Broker | None = None
-        self.platform: PlatformServer | None = None
+        self.platform_server: PlatformServer | None = None
         self.gateway: GatewayAgent | None = None
         self.client: PlatformClient | None = None
         self.secret = (
@@ -50,24 +51,34 @@ class OtaSystem:
         )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
+    @property
+    def state_dir(self) -> Path:
+        """The gateway's state folder (a temporary one unless the config names one)."""
+        if self.config.state_dir is not None:
+            return self.config.state_dir
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ota-hil-gw-")
+        return Path(self._tmp.name)
+
     async def start(self) -> None:
         cfg = self.config
         try:
             authenticator = self._authenticate if cfg.auth else None
             self.broker = make_broker(cfg.broker, authenticator=authenticator)
             await self.broker.start()
-            self.platform = PlatformServer(
-                self.broker.url, host=cfg.http_host, port=cfg.http_port, config=cfg.platform
+            self.platform_server = PlatformServer(
+                self.broker.url,
+                host=cfg.http_host,
+                port=cfg.http_port,
+                config=dataclasses.replace(cfg.platform, broker_auth=cfg.auth),
+                public_url=cfg.public_url,
             )
-            await self.platform.start()
-            self.client = PlatformClient(self.platform.url)
-            registry = self.platform.platform.devices
+            await self.platform_server.start()
+            self.client = PlatformClient(self.platform_server.url)
+            registry = self.platform_server.platform.registry
             registry.add_product(cfg.product_id, "Gateway")
             registry.add_device(
-                cfg.gateway_id,
-                cfg.product_id,
-                name="Reference gateway",
-                secret=self.secret,
+                cfg.gateway_id, cfg.product_id, name="Reference gateway", secret=self.secret
             )
             if cfg.start_gateway:
                 await self.start_gateway()
@@ -78,17 +89,14 @@ class OtaSystem:
     def _authenticate(
         self, client_id: str | None, username: str | None, password: str | None
     ) -> None:
-        assert self.platform is not None
-        self.platform.platform.authenticate(client_id, username, password)
+        assert self.platform_server is not None
+        self.platform_server.platform.authenticate(client_id, username, password)
 
     def gateway_config(self) -> GatewayConfig:
-        if self.config.state_dir is None:
-            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="ota-hil-gw-")
-            self.config.state_dir = Path(self._tmp.name)
         return GatewayConfig(
             product_id=self.config.product_id,
             device_id=self.config.gateway_id,
-            state_dir=self.config.state_dir,
+            state_dir=self.state_dir,
             secret=self.secret,
             initial_version=self.config.gateway_version,
         )
@@ -112,9 +120,9 @@ class OtaSystem:
         if self.client is not None:
             await self.client.close()
             self.client = None
-        if self.platform is not None:
-            await self.platform.stop()
-            self.platform = None
+        if self.platform_server is not None:
+            await self.platform_server.stop()
+            self.platform_server = None
         if self.broker is not None:
             await self.broker.stop()
         if self._tmp is not None:

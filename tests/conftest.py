@@ -26,8 +26,8 @@ async def platform_server(broker: EmbeddedBroker) -> AsyncIterator[PlatformServe
         broker.url, config=PlatformConfig(check_interval=0.1, timeout_resolution=0.05)
     )
     async with server:
-        server.platform.devices.add_product("gw-product", "Gateway")
-        server.platform.devices.add_device("gw-1", "gw-product", name="Gateway 1")
+        server.platform.registry.add_product("gw-product", "Gateway")
+        server.platform.registry.add_device("gw-1", "gw-product", name="Gateway 1")
         yield server
 
 

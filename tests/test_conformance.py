@@ -20,6 +20,7 @@ import pytest
 
 from harness.aio import cancel_and_wait
 from harness.broker import BrokerUnavailable
+from harness.platform import PlatformConfig
 from harness.system import OtaSystem, SystemConfig
 
 TS = {"type": "integer", "minimum": 1_500_000_000_000}
@@ -127,7 +128,11 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> No
 
 async def run_flows(backend: str) -> Spy:
     """A push, a pull and a read through broker, platform and gateway, seen from outside."""
-    system = OtaSystem(SystemConfig(broker=backend, check_interval=0.1, start_gateway=False))
+    system = OtaSystem(
+        SystemConfig(
+            broker=backend, platform=PlatformConfig(check_interval=0.1), start_gateway=False
+        )
+    )
     await system.start()
     spy, ready = Spy(), asyncio.Event()
     assert system.broker is not None and system.client is not None

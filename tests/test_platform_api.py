@@ -14,7 +14,7 @@ import pytest
 from harness.broker import EmbeddedBroker
 from harness.client import PlatformApiError, PlatformClient
 from harness.platform import PlatformConfig, PlatformServer
-from harness.platform.service import _now
+from harness.protocol import now_ms as _now
 
 IMAGE = b"gateway image 2.0.0 " * 100
 NODE_IMAGE = b"node image" * 10
@@ -444,8 +444,15 @@ async def test_deploy_without_body_uses_the_tasks_devices(api: Api) -> None:
 
 
 async def test_deploy_without_body_or_devices_is_400(api: Api) -> None:
-    task = await pull_task(api)
+    task = await pull_task(api, releaseType="part")
     assert "device ids" in await api.bad("POST", f"/firmware/upgrade/task/{task['id']}/_deploy")
+
+
+async def test_deploy_without_body_on_release_type_all_takes_every_device(api: Api) -> None:
+    await add_gateways(api, "gw-2")
+    task = await pull_task(api, releaseType="all")
+    result = await api.ok("POST", f"/firmware/upgrade/task/{task['id']}/_deploy")
+    assert result["total"] == 2
 
 
 async def test_deploy_all(api: Api) -> None:
@@ -512,7 +519,7 @@ async def test_records_query_by_task_device_and_state(
     t2 = await pull_task(api)
     await api.ok("POST", f"/firmware/upgrade/task/{t1['id']}/_deploy", json=["gw-1", "gw-2"])
     await api.ok("POST", f"/firmware/upgrade/task/{t2['id']}/_deploy", json=["gw-1"])
-    failed = platform_server.platform.book.records_of(task_id=t1["id"], device_id="gw-2")[0]
+    failed = platform_server.platform.upgrades.records_of(task_id=t1["id"], device_id="gw-2")[0]
     failed.start(_now())
     failed.fail(_now(), "boom")
 
@@ -544,7 +551,7 @@ async def test_stop_cancels_waiting_and_processing(
     await add_gateways(api, "gw-2", "gw-3")
     task = await pull_task(api)
     await api.ok("POST", f"/firmware/upgrade/task/{task['id']}/all/_deploy")
-    book = platform_server.platform.book
+    book = platform_server.platform.upgrades
     processing = book.records_of(device_id="gw-2")[0]
     processing.start(_now())
     done = book.records_of(device_id="gw-3")[0]
@@ -578,7 +585,7 @@ async def test_start_failed_resets_them_to_waiting(
     await add_gateways(api, "gw-2")
     task = await pull_task(api)
     await api.ok("POST", f"/firmware/upgrade/task/{task['id']}/all/_deploy")
-    record = platform_server.platform.book.records_of(device_id="gw-2")[0]
+    record = platform_server.platform.upgrades.records_of(device_id="gw-2")[0]
     record.start(_now())
     record.fail(_now(), "boom")
 
@@ -595,7 +602,7 @@ async def test_start_failed_resets_them_to_waiting(
 async def test_start_without_body_retries_failed(api: Api, platform_server: PlatformServer) -> None:
     task = await pull_task(api)
     await api.ok("POST", f"/firmware/upgrade/task/{task['id']}/_deploy", json=["gw-1"])
-    record = platform_server.platform.book.records_of(device_id="gw-1")[0]
+    record = platform_server.platform.upgrades.records_of(device_id="gw-1")[0]
     record.start(_now())
     record.fail(_now(), "boom")
     assert await api.ok("POST", f"/firmware/upgrade/task/{task['id']}/_start") == {"total": 1}
@@ -653,9 +660,9 @@ async def test_check_pushes_waiting_records_now(broker: EmbeddedBroker) -> None:
     """With a timer that never fires, only POST /firmware/upgrade/_check pushes."""
     server = PlatformServer(broker.url, config=PlatformConfig(check_interval=3600))
     async with server, PlatformClient(server.url, timeout=10) as client:
-        server.platform.devices.add_product("gw-product")
-        server.platform.devices.add_device("gw-1", "gw-product")
-        server.platform.devices.add_device("gw-2", "gw-product")
+        server.platform.registry.add_product("gw-product")
+        server.platform.registry.add_device("gw-1", "gw-product")
+        server.platform.registry.add_device("gw-2", "gw-product")
         fw = await client.upload_firmware(IMAGE, "gw-product", "2.0.0")
         task = await client.create_task(fw["id"])
         await client.deploy(task["id"])
@@ -731,3 +738,12 @@ async def test_platform_client_raises_the_api_error(platform_server: PlatformSer
             await client.device("ghost")
     assert caught.value.status == 404
     assert caught.value.code == "not_found"
+
+
+@pytest.mark.parametrize("bad_id", ["a+b", "a/b", "a#", ""])
+async def test_ids_that_cannot_stand_in_a_topic_are_400(api: Api, bad_id: str) -> None:
+    message = await api.bad(
+        "POST", "/device-instance", json={"id": bad_id, "productId": "gw-product"}
+    )
+    assert message.startswith("id:")
+    await api.bad("POST", "/device-product", json={"id": bad_id})

@@ -246,3 +246,34 @@ async def test_head_gives_the_headers_and_no_body(served: Served) -> None:
     assert f"Content-Length: {SIZE}".encode() in head
     assert f"file-md5: {hashlib.md5(DATA).hexdigest()}".encode() in head
     assert rest == b""
+
+
+async def test_a_client_that_leaves_mid_body_is_logged_as_aborted(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    await served.api.set_download_faults(chunkDelay=0.02)
+    async with served.http.get(served.url) as resp:
+        await resp.content.readexactly(1000)
+        resp.close()  # the client goes away with the body half sent
+
+    async def aborted() -> dict[str, Any] | None:
+        log = await served.api.file_log()
+        return log[-1] if log else None
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while (entry := await aborted()) is None:
+        assert asyncio.get_running_loop().time() < deadline, "no file-log entry"
+        await asyncio.sleep(0.02)
+    assert entry["aborted"] is True and entry["cut"] is False
+    assert 0 < entry["sent"] < SIZE
+    assert "failed" not in caplog.text  # not reported as a server error
+
+
+async def test_download_urls_use_the_public_url(broker: Any) -> None:
+    server = PlatformServer(broker.url, public_url="http://gateway-facing.example:8844/")
+    async with server:
+        server.platform.registry.add_product("p")
+        async with PlatformClient(server.url) as api:
+            fw = await api.upload_firmware(DATA, "p", "2.0.0")
+    assert fw["url"].startswith("http://gateway-facing.example:8844/file/")
+    assert server.url.startswith("http://127.0.0.1:")

@@ -423,10 +423,10 @@ async def test_reply_with_an_unknown_message_id(api: PlatformClient, device: Fak
 async def test_reply_for_another_devices_message_is_unknown(
     api: PlatformClient, device: FakeDevice, platform_server: PlatformServer
 ) -> None:
-    platform_server.platform.devices.add_device("gw-2", "gw-product")
+    platform_server.platform.registry.add_device("gw-2", "gw-product")
     _, task = await push(api, devices=["gw-2"])
     sent = await until(
-        lambda: platform_server.platform.book.records_of(device_id="gw-2")[0].message_id,
+        lambda: platform_server.platform.upgrades.records_of(device_id="gw-2")[0].message_id,
         "the push to gw-2",
     )
     await device.send(f"{GW}/upgrade/reply", reply(sent, success=False))  # gw-1 answers it
@@ -766,9 +766,9 @@ async def test_authenticate_with_jetlinks_credentials() -> None:
     server = PlatformServer("mqtt://127.0.0.1:1")  # not started: only its platform is used
     platform = server.platform
     secret = DeviceSecret("sid-9", "key-9")
-    platform.devices.add_product("gw-product")
-    platform.devices.add_device("gw-9", "gw-product", secret=secret)
-    platform.devices.add_device("gw-open", "gw-product")
+    platform.registry.add_product("gw-product")
+    platform.registry.add_device("gw-9", "gw-product", secret=secret)
+    platform.registry.add_device("gw-open", "gw-product")
 
     good = credentials_for("gw-9", secret)
     platform.authenticate(good.client_id, good.username, good.password)  # no error
@@ -790,12 +790,13 @@ async def test_authenticate_with_jetlinks_credentials() -> None:
 
 async def test_broker_with_platform_auth_lets_the_platform_and_good_devices_in() -> None:
     server = PlatformServer(
-        "mqtt://127.0.0.1:1", config=PlatformConfig(check_interval=0.1, timeout_resolution=0.05)
+        "mqtt://127.0.0.1:1",
+        config=PlatformConfig(check_interval=0.1, timeout_resolution=0.05, broker_auth=True),
     )
     platform = server.platform
     secret = DeviceSecret("sid-9", "key-9")
-    platform.devices.add_product("gw-product")
-    platform.devices.add_device("gw-9", "gw-product", secret=secret)
+    platform.registry.add_product("gw-product")
+    platform.registry.add_device("gw-9", "gw-product", secret=secret)
 
     async with EmbeddedBroker(authenticator=platform.authenticate) as broker:
         server.broker = broker.url
@@ -834,3 +835,64 @@ async def test_broker_with_platform_auth_lets_the_platform_and_good_devices_in()
             # the refused impostor did not take the platform's session over
             assert platform.mqtt.connected.is_set()
             assert platform.mqtt.connections == 1
+
+
+# -- robustness ------------------------------------------------------------------------------
+
+
+async def test_a_failed_read_is_a_502_and_keeps_the_version(
+    api: PlatformClient, device: FakeDevice
+) -> None:
+    await device.send(f"{GW}/report", {"timestamp": now_ms(), "version": "1.0.0"})
+    await version_becomes(api, "gw-1", "1.0.0")
+
+    async def refuse() -> None:
+        asked = await device.expect(f"{GW}/read")
+        await device.send(
+            f"{GW}/read/reply",
+            {
+                "timestamp": now_ms(),
+                "messageId": asked["messageId"],
+                "version": "",
+                "success": False,
+            },
+        )
+
+    with pytest.raises(PlatformApiError) as failed:
+        await asyncio.gather(api.read_version("gw-1", timeout=3), refuse())
+    assert (failed.value.status, failed.value.code) == (502, "read_failed")
+    assert (await api.device("gw-1"))["firmwareVersion"] == "1.0.0"
+
+
+async def test_pull_with_force_hands_out_a_finished_record_again(
+    api: PlatformClient, device: FakeDevice, platform_server: PlatformServer
+) -> None:
+    await pull_task(api, "2.0.0", 1)
+    (record,) = platform_server.platform.upgrades.records_of(device_id="gw-1")
+    record.fail(now_ms(), "gave up")
+    await device.send(f"{GW}/pull", pull("plain"))
+    await device.send(f"{GW}/pull", {**pull("forced"), "headers": {"force": True}})
+    plain = await device.expect(f"{GW}/pull/reply", n=1)
+    forced = await device.expect(f"{GW}/pull/reply", n=2)
+    assert (plain["messageId"], plain["success"]) == ("plain", False)
+    assert (forced["messageId"], forced["version"]) == ("forced", "2.0.0")
+    assert record.state.value == "processing"
+
+
+async def test_a_record_that_cannot_be_sent_fails_and_the_timer_goes_on(
+    api: PlatformClient, device: FakeDevice, platform_server: PlatformServer
+) -> None:
+    """An id no topic can carry (the REST API refuses it; the registry is reached directly)
+    fails its own record with the reason, and the next push still goes out."""
+    platform = platform_server.platform
+    platform.registry.add_device("bad+id", "gw-product")
+    fw = await api.upload_firmware(IMAGE, "gw-product", "2.0.0")
+    task = await api.create_task(fw["id"], mode="push")
+    await api.deploy(task["id"], ["bad+id"])
+    await api.deploy(task["id"], ["gw-1"])
+
+    await device.expect(f"{GW}/upgrade")
+    bad = platform.upgrades.records_of(device_id="bad+id")[0]
+    assert bad.state.value == "failed"
+    assert "cannot send the upgrade" in (bad.error_reason or "")
+    assert (await record_of(api, task))["state"] == "processing"

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..protocol import SIGN_METHODS, DeviceSecret
+from ..protocol import DeviceSecret, now_ms
 from .files import FileServer
 from .registry import Device
-from .service import Platform, _now
+from .service import Platform, ReadFailed
 from .tasks import RecordState, TaskMode, UpgradeTask
 
 M = TypeVar("M", bound=BaseModel)
@@ -30,7 +30,7 @@ def ok(result: Any) -> web.Response:
 
 
 class ApiError(web.HTTPException):
-    """A 4xx with JetLinks' error body: status, code, message."""
+    """An error answer with JetLinks' body: status, code, message."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         self.status_code = status
@@ -78,14 +78,18 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: An id that can stand in an MQTT topic segment (no '/', '+', '#').
+TopicId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^/+#\x00]+$")]
+
+
 class ProductBody(_Body):
-    id: str = Field(min_length=1)
+    id: TopicId
     name: str | None = None
 
 
 class DeviceBody(_Body):
-    id: str = Field(min_length=1)
-    productId: str = Field(min_length=1)
+    id: TopicId
+    productId: TopicId
     name: str | None = None
     parentId: str | None = None
     secureId: str | None = None
@@ -99,7 +103,7 @@ class FirmwareBody(_Body):
     fileId: str = Field(min_length=1)
     versionOrder: int | None = None
     signMethod: str = "md5"
-    sign: str | None = None
+    sign: str | None = Field(default=None, min_length=1)
     name: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
 
@@ -127,7 +131,7 @@ class FaultsBody(_Body):
 
 class PlatformApi:
     def __init__(self, platform: Platform, files: FileServer) -> None:
-        self.p = platform
+        self.platform = platform
         self.files = files
 
     def routes(self) -> list[web.RouteDef]:
@@ -171,7 +175,7 @@ class PlatformApi:
             if getattr(part, "name", None) == "file":
                 data = await part.read()  # type: ignore[union-attr]
                 name = getattr(part, "filename", None) or "firmware.bin"
-                stored = self.p.store.put_file(name, bytes(data))
+                stored = self.platform.store.put_file(name, bytes(data))
                 return ok(
                     {
                         "id": stored.id,
@@ -179,51 +183,52 @@ class PlatformApi:
                         "size": stored.size,
                         "md5": stored.md5,
                         "sha256": stored.sha256,
-                        "accessUrl": self.p.store.base_url + stored.path(),
+                        "accessUrl": self.platform.store.base_url + stored.path(),
                     }
                 )
         raise bad_request("multipart body has no 'file' part")
 
     async def save_firmware(self, request: web.Request) -> web.Response:
         body = await body_of(request, FirmwareBody)
-        if body.productId not in self.p.devices.products:
+        if body.productId not in self.platform.registry.products:
             raise bad_request(f"productId: unknown product {body.productId!r}")
-        if body.signMethod.lower() not in SIGN_METHODS:
-            raise bad_request(f"signMethod: must be one of {', '.join(SIGN_METHODS)}")
-        if body.fileId not in self.p.store.files:
+        if body.fileId not in self.platform.store.files:
             raise bad_request(f"fileId: no uploaded file {body.fileId!r}")
-        fw = self.p.store.add_firmware(
-            product_id=body.productId,
-            version=body.version,
-            file_id=body.fileId,
-            version_order=body.versionOrder,
-            sign_method=body.signMethod,
-            sign=body.sign,
-            name=body.name,
-            parameters=body.parameters,
-        )
-        return ok(fw.to_dict())
+        try:
+            fw = self.platform.store.add_firmware(
+                product_id=body.productId,
+                version=body.version,
+                file_id=body.fileId,
+                version_order=body.versionOrder,
+                sign_method=body.signMethod,
+                sign=body.sign,
+                name=body.name,
+                parameters=body.parameters,
+            )
+        except ValueError as exc:
+            raise bad_request(f"signMethod: {exc}") from None
+        return ok(fw.to_dict(self.platform.store.url_of(fw)))
 
     async def query_firmware(self, request: web.Request) -> web.Response:
         product = request.query.get("productId")
         items = [
-            f.to_dict()
-            for f in self.p.store.firmware.values()
+            f.to_dict(self.platform.store.url_of(f))
+            for f in self.platform.store.firmware.values()
             if product is None or f.product_id == product
         ]
         return ok(items)
 
     async def get_firmware(self, request: web.Request) -> web.Response:
-        fw = self.p.store.firmware.get(request.match_info["id"])
+        fw = self.platform.store.firmware.get(request.match_info["id"])
         if fw is None:
             raise not_found(f"no firmware {request.match_info['id']!r}")
-        return ok(fw.to_dict())
+        return ok(fw.to_dict(self.platform.store.url_of(fw)))
 
     # products and devices
 
     async def save_product(self, request: web.Request) -> web.Response:
         body = await body_of(request, ProductBody)
-        product = self.p.devices.add_product(body.id, body.name)
+        product = self.platform.registry.add_product(body.id, body.name)
         return ok({"id": product.id, "name": product.name})
 
     async def save_device(self, request: web.Request) -> web.Response:
@@ -232,7 +237,7 @@ class PlatformApi:
             raise bad_request("secureId and secureKey go together")
         secret = DeviceSecret(body.secureId, body.secureKey) if body.secureId else None
         try:
-            device = self.p.devices.add_device(
+            device = self.platform.registry.add_device(
                 body.id,
                 body.productId,
                 name=body.name,
@@ -245,7 +250,7 @@ class PlatformApi:
         return ok(device.to_dict())
 
     def _device(self, request: web.Request) -> Device:
-        device = self.p.devices.get(request.match_info["id"])
+        device = self.platform.registry.get(request.match_info["id"])
         if device is None:
             raise not_found(f"no device {request.match_info['id']!r}")
         return device
@@ -256,35 +261,37 @@ class PlatformApi:
     async def read_version(self, request: web.Request) -> web.Response:
         device = self._device(request)
         try:
-            timeout = float(request.query.get("timeout", self.p.config.read_timeout))
+            timeout = float(request.query.get("timeout", self.platform.config.read_timeout))
         except ValueError:
             timeout = -1.0
         if not 0 < timeout <= 3600:
             raise bad_request("timeout: must be a number of seconds in (0, 3600]")
         try:
-            version = await self.p.read_version(device.id, timeout)
+            version = await self.platform.read_version(device.id, timeout)
         except TimeoutError as exc:
             raise ApiError(504, "timeout", str(exc)) from None
+        except ReadFailed as exc:
+            raise ApiError(502, "read_failed", str(exc)) from None
         return ok({"deviceId": device.id, "version": version})
 
     # tasks and records
 
     def _task(self, request: web.Request) -> UpgradeTask:
-        task = self.p.book.tasks.get(request.match_info["id"])
+        task = self.platform.upgrades.tasks.get(request.match_info["id"])
         if task is None:
             raise not_found(f"no upgrade task {request.match_info['id']!r}")
         return task
 
     async def create_task(self, request: web.Request) -> web.Response:
         body = await body_of(request, TaskBody)
-        fw = self.p.store.firmware.get(body.firmwareId)
+        fw = self.platform.store.firmware.get(body.firmwareId)
         if fw is None:
             raise bad_request(f"firmwareId: no firmware {body.firmwareId!r}")
         if body.productId and body.productId != fw.product_id:
             raise bad_request(f"productId: firmware {fw.id!r} belongs to {fw.product_id!r}")
         self._check_devices(body.deviceId, fw.product_id)
-        task = self.p.book.create_task(
-            now=_now(),
+        task = self.platform.upgrades.create_task(
+            now=now_ms(),
             name=body.name,
             product_id=fw.product_id,
             firmware_id=fw.id,
@@ -298,7 +305,7 @@ class PlatformApi:
 
     def _check_devices(self, device_ids: list[str], product_id: str) -> None:
         for device_id in device_ids:
-            device = self.p.devices.get(device_id)
+            device = self.platform.registry.get(device_id)
             if device is None:
                 raise bad_request(f"deviceId: unknown device {device_id!r}")
             if device.product_id != product_id:
@@ -308,33 +315,45 @@ class PlatformApi:
                 )
 
     async def query_tasks(self, request: web.Request) -> web.Response:
-        return ok([t.to_dict() for t in self.p.book.tasks.values()])
+        return ok([t.to_dict() for t in self.platform.upgrades.tasks.values()])
 
     async def get_task(self, request: web.Request) -> web.Response:
         return ok(self._task(request).to_dict())
 
     def _deploy(self, task: UpgradeTask, device_ids: list[str]) -> web.Response:
-        fw = self.p.store.firmware[task.firmware_id]
+        fw = self.platform.store.firmware[task.firmware_id]
         self._check_devices(device_ids, task.product_id)
-        devices = [(d, self.p.devices.devices[d].name) for d in device_ids]
-        records = self.p.book.deploy(
-            task, devices, version=fw.version, version_order=fw.version_order, now=_now()
+        devices = [(d, self.platform.registry.devices[d].name) for d in device_ids]
+        records = self.platform.upgrades.deploy(
+            task, devices, version=fw.version, version_order=fw.version_order, now=now_ms()
         )
         return ok({"total": len(records), "records": [r.id for r in records]})
 
+    def _product_devices(self, task: UpgradeTask) -> list[str]:
+        ids = [
+            d.id for d in self.platform.registry.devices.values() if d.product_id == task.product_id
+        ]
+        if not ids:
+            raise bad_request(f"product {task.product_id!r} has no devices")
+        return ids
+
     async def deploy(self, request: web.Request) -> web.Response:
+        """The body's device ids; without a body, the task's own list, or for
+        releaseType "all" every device of the product."""
         task = self._task(request)
-        ids = await id_list(request, "device ids") if request.can_read_body else task.device_ids
+        if request.can_read_body:
+            ids = await id_list(request, "device ids")
+        elif task.release_type == "all" and not task.device_ids:
+            ids = self._product_devices(task)
+        else:
+            ids = task.device_ids
         if not ids:
             raise bad_request("no devices to deploy to: give a JSON list of device ids")
         return self._deploy(task, ids)
 
     async def deploy_all(self, request: web.Request) -> web.Response:
         task = self._task(request)
-        ids = [d.id for d in self.p.devices.devices.values() if d.product_id == task.product_id]
-        if not ids:
-            raise bad_request(f"product {task.product_id!r} has no devices")
-        return self._deploy(task, ids)
+        return self._deploy(task, self._product_devices(task))
 
     async def start_task(self, request: web.Request) -> web.Response:
         task = self._task(request)
@@ -345,11 +364,11 @@ class PlatformApi:
             raise bad_request(
                 f"states: each must be one of {', '.join(s.value for s in RecordState)}"
             ) from None
-        again = self.p.book.restart(task, states, _now())
+        again = self.platform.upgrades.restart(task, states, now_ms())
         return ok({"total": len(again)})
 
     async def stop_task(self, request: web.Request) -> web.Response:
-        canceled = self.p.book.stop(self._task(request), _now())
+        canceled = self.platform.upgrades.stop(self._task(request), now_ms())
         return ok({"total": len(canceled)})
 
     async def query_records(self, request: web.Request) -> web.Response:
@@ -357,11 +376,15 @@ class PlatformApi:
         state = q.get("state")
         if state and state not in {s.value for s in RecordState}:
             raise bad_request(f"state: unknown record state {state!r}")
-        records = self.p.records(task_id=q.get("taskId"), device_id=q.get("deviceId"), state=state)
+        records = self.platform.upgrades.records_of(
+            task_id=q.get("taskId"),
+            device_id=q.get("deviceId"),
+            state=RecordState(state) if state else None,
+        )
         return ok([r.to_dict() for r in records])
 
     async def get_record(self, request: web.Request) -> web.Response:
-        record = self.p.book.records.get(request.match_info["id"])
+        record = self.platform.upgrades.records.get(request.match_info["id"])
         if record is None:
             raise not_found(f"no upgrade record {request.match_info['id']!r}")
         return ok(record.to_dict())
@@ -369,14 +392,14 @@ class PlatformApi:
     # mock-only
 
     async def check_now(self, request: web.Request) -> web.Response:
-        return ok({"sent": self.p.push_waiting()})
+        return ok({"sent": self.platform.push_waiting()})
 
     async def list_events(self, request: web.Request) -> web.Response:
         kind = request.query.get("kind")
         return ok(
             {
-                "counts": dict(self.p.events.counts),
-                "events": [e.to_dict() for e in self.p.events.list(kind)],
+                "counts": dict(self.platform.events.counts),
+                "events": [e.to_dict() for e in self.platform.events.list(kind)],
             }
         )
 

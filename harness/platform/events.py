@@ -7,10 +7,11 @@ payload that does not decode: each is logged and recorded here instead of vanish
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..protocol import now_ms
 
 log = logging.getLogger("ota_hil.platform")
 
@@ -21,7 +22,7 @@ class PlatformEvent:
     detail: str
     topic: str | None = None
     device_id: str | None = None
-    time: int = field(default_factory=lambda: int(time.time() * 1000))
+    time: int = field(default_factory=now_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

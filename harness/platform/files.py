@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from ..protocol import now_ms
 from .store import FirmwareStore
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -52,7 +52,9 @@ class ServedRequest:
     range: str | None
     sent: int
     cut: bool
-    time: int = field(default_factory=lambda: int(time.time() * 1000))
+    #: The client closed the connection before the body was sent.
+    aborted: bool = False
+    time: int = field(default_factory=now_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -61,6 +63,7 @@ class ServedRequest:
             "range": self.range,
             "sent": self.sent,
             "cut": self.cut,
+            "aborted": self.aborted,
             "time": self.time,
         }
 
@@ -137,14 +140,19 @@ class FileServer:
             return response
 
         cut = self.faults.take_cut(len(body))
-        limit = len(body) if cut is None else min(cut, len(body))
+        limit = len(body) if cut is None else cut
         sent = 0
-        while sent < limit:
-            chunk = body[sent : min(sent + CHUNK, limit)]
-            await response.write(chunk)
-            sent += len(chunk)
-            if self.faults.chunk_delay:
-                await asyncio.sleep(self.faults.chunk_delay)
+        try:
+            while sent < limit:
+                chunk = body[sent : min(sent + CHUNK, limit)]
+                await response.write(chunk)
+                sent += len(chunk)
+                if self.faults.chunk_delay:
+                    await asyncio.sleep(self.faults.chunk_delay)
+        except ConnectionError:
+            # The client went away mid-body (its timeout, a dropped link): nothing to answer.
+            self.served.append(ServedRequest(file_id, status, range_header, sent, False, True))
+            return response
         self.served.append(ServedRequest(file_id, status, range_header, sent, cut is not None))
         if cut is not None:
             # A cut link: the client sees the connection close before Content-Length is met.

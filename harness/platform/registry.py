@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import DeviceSecret, FirmwareTopic, TopicKind, child_topic, device_topic
+from ..protocol import (
+    DeviceSecret,
+    FirmwareTopic,
+    TopicKind,
+    child_topic,
+    device_topic,
+    now_ms,
+)
 
 
 @dataclass
@@ -24,7 +30,7 @@ class Device:
     secret: DeviceSecret | None = None
     firmware_version: str | None = None
     version_time: int | None = None
-    create_time: int = field(default_factory=lambda: int(time.time() * 1000))
+    create_time: int = field(default_factory=now_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -69,7 +75,7 @@ class DeviceRegistry:
         device = Device(device_id, product_id, name or device_id, parent_id, secret)
         if firmware_version:
             device.firmware_version = firmware_version
-            device.version_time = int(time.time() * 1000)
+            device.version_time = now_ms()
         self.devices[device_id] = device
         return device
 
@@ -113,4 +119,4 @@ class DeviceRegistry:
     def set_version(self, device_id: str, version: str) -> None:
         device = self.devices[device_id]
         device.firmware_version = version
-        device.version_time = int(time.time() * 1000)
+        device.version_time = now_ms()

@@ -39,10 +39,14 @@ class PlatformServer:
         host: str = "127.0.0.1",
         port: int = 0,
         config: PlatformConfig | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.broker = broker
         self.host = host
         self.port = port
+        #: How devices reach the file server when that is not the bind address
+        #: (listening on 0.0.0.0, behind NAT): the base of every download URL.
+        self.public_url = public_url.rstrip("/") if public_url else None
         self.platform = Platform(config)
         self.files = FileServer(self.platform.store)
         self.api = PlatformApi(self.platform, self.files)
@@ -63,7 +67,7 @@ class PlatformServer:
         host, port = self._runner.addresses[0][:2]
         self.port = port
         self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-        self.platform.store.base_url = self.url
+        self.platform.store.base_url = self.public_url or self.url
         try:
             await self.platform.connect(self.broker)
         except BaseException:

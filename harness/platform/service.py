@@ -1,19 +1,22 @@
 """The mock platform's MQTT side and scheduler: it sends upgrades, reads replies and progress,
 answers pulls, takes reports and asks devices for their version.
 
-Where it differs from JetLinks on purpose (each to make a test able to see a failure):
-a reply with success=false fails the record at once (JetLinks 1.9 leaves it
-processing); both timeouts are enforced (1.9 stores them only); a progress message
-that matches no record is recorded as an event instead of vanishing.
+Where it differs from JetLinks on purpose (each to make a failure visible): a reply
+with success=false fails the record at once (JetLinks 1.9 leaves it processing);
+both timeouts are enforced (1.9 stores them only); a progress message that matches
+no record, a reply nobody waits for and a late reply are recorded as events instead
+of vanishing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+
+from pydantic import ValidationError
 
 from ..aio import cancel_and_wait
 from ..mqtt import BrokerUrl, MqttEndpoint
@@ -29,12 +32,12 @@ from ..protocol import (
     ReadFirmware,
     ReadReply,
     ReportFirmware,
-    TopicKind,
     UpgradeFirmware,
     UpgradeProgress,
     UpgradeReply,
     decode,
     new_message_id,
+    now_ms,
     parse_topic,
     verify,
 )
@@ -48,8 +51,8 @@ log = logging.getLogger("ota_hil.platform")
 PLATFORM_CLIENT_ID = "ota-hil-platform"
 
 
-def _now() -> int:
-    return int(time.time() * 1000)
+class ReadFailed(Exception):
+    """The device answered a firmware read with success=false."""
 
 
 @dataclass
@@ -60,19 +63,23 @@ class PlatformConfig:
     timeout_resolution: float = 0.5
     #: Default wait for a read/reply.
     read_timeout: float = 10.0
+    #: The broker checks clients with :meth:`Platform.authenticate`, so the platform logs
+    #: in with its own token; otherwise it uses the broker URL's credentials, if any.
+    broker_auth: bool = False
 
 
 class Platform:
-    """Firmware store, devices, tasks and records, and the MQTT traffic that moves them."""
+    """Firmware store, device registry, tasks and records, and the MQTT traffic that moves
+    them."""
 
     def __init__(self, config: PlatformConfig | None = None, base_url: str = "") -> None:
         self.config = config or PlatformConfig()
         self.store = FirmwareStore(base_url)
-        self.devices = DeviceRegistry()
-        self.book = TaskBook()
+        self.registry = DeviceRegistry()
+        self.upgrades = TaskBook()
         self.events = EventLog()
         self.mqtt: MqttEndpoint | None = None
-        self._token = new_message_id()
+        self._token = secrets.token_hex(16)
         self._reads: dict[str, asyncio.Future[ReadReply]] = {}
         self._scheduler: asyncio.Task[None] | None = None
 
@@ -84,7 +91,7 @@ class Platform:
             PLATFORM_CLIENT_ID,
             PLATFORM_SUBSCRIPTIONS,
             self.on_message,
-            credentials=self._credentials,
+            credentials=self._credentials if self.config.broker_auth else None,
             logger=logging.getLogger("ota_hil.platform.mqtt"),
         )
         await self.mqtt.start()
@@ -105,12 +112,13 @@ class Platform:
         self, client_id: str | None, username: str | None, password: str | None
     ) -> None:
         """Broker-side check of a connecting client: the platform itself, or a device with
-        JetLinks credentials. Hand this to an embedded broker to turn auth on."""
+        JetLinks credentials. Hand this to an embedded broker (and set
+        ``config.broker_auth``) to turn auth on."""
         if client_id == PLATFORM_CLIENT_ID:
             if password != self._token:
                 raise AuthError("the platform's client id is reserved")
             return
-        verify(client_id, username, password, self.devices.secret_of)
+        verify(client_id, username, password, self.registry.secret_of)
 
     # -- the scheduler ---------------------------------------------------------------------
 
@@ -119,44 +127,56 @@ class Platform:
         last_push = time.monotonic()
         while True:
             await asyncio.sleep(resolution)
-            if time.monotonic() - last_push >= self.config.check_interval:
-                last_push = time.monotonic()
-                self.push_waiting()
-            self.expire_overdue()
+            try:
+                if time.monotonic() - last_push >= self.config.check_interval:
+                    last_push = time.monotonic()
+                    self.push_waiting()
+                self.expire_overdue()
+            except Exception:
+                # The timer must outlive any one bad record, or every record stops moving.
+                log.exception("scheduler tick failed")
 
     def push_waiting(self) -> int:
         """Send UPGRADE_FIRMWARE to every waiting record of a running push task."""
         sent = 0
-        for record in self.book.due_for_push():
-            device = self.devices.get(record.device_id)
-            firmware = self.store.firmware.get(record.firmware_id)
-            if device is None or firmware is None:
-                record.fail(_now(), "device or firmware no longer exists")
+        for record in self.upgrades.due_for_push():
+            try:
+                device, message = self._upgrade_message(record)
+                topic = self.registry.topic_for(device, message.kind)
+            except (LookupError, ProtocolError, ValidationError) as exc:
+                record.fail(now_ms(), f"cannot send the upgrade: {exc}")
+                log.error("record %s: cannot send the upgrade: %s", record.id, exc)
                 continue
-            message = UpgradeFirmware(
-                messageId=new_message_id(),
-                deviceId=device.id,
-                headers={
-                    "deviceName": device.name,
-                    "productName": self.devices.products[device.product_id].name,
-                    "productId": device.product_id,
-                    "creatorId": PLATFORM_CLIENT_ID,
-                    "timeout": record.response_timeout_seconds * 1000,
-                    "async": True,
-                },
-                **firmware.fields().model_dump(),
-            )
             assert message.messageId is not None
-            self.book.sent(record, message.messageId, _now())
-            self._send(device, message)
+            self.upgrades.sent(record, message.messageId, now_ms())
+            self._publish(topic, message)
             sent += 1
         if sent:
             log.info("pushed %d upgrade message(s)", sent)
         return sent
 
+    def _upgrade_message(self, record: UpgradeRecord) -> tuple[Device, UpgradeFirmware]:
+        device = self.registry.devices[record.device_id]
+        firmware = self.store.firmware[record.firmware_id]
+        message = UpgradeFirmware(
+            messageId=new_message_id(),
+            deviceId=device.id,
+            headers={
+                "deviceName": device.name,
+                "productName": self.registry.products[device.product_id].name,
+                "productId": device.product_id,
+                "creatorId": PLATFORM_CLIENT_ID,
+                "timeout": record.response_timeout_seconds * 1000,
+                "async": True,
+            },
+            **self.store.fields_of(firmware).model_dump(),
+        )
+        return device, message
+
     def expire_overdue(self) -> None:
-        for record, reason in self.book.overdue(_now()):
-            record.fail(_now(), reason)
+        now = now_ms()
+        for record, reason in self.upgrades.overdue(now):
+            record.fail(now, reason)
             self.events.add(
                 EventLog.RECORD_TIMEOUT,
                 f"record {record.id} of device {record.device_id}: {reason}",
@@ -166,15 +186,19 @@ class Platform:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def _send(self, device: Device, message: FirmwareMessage) -> None:
+    def _publish(self, topic: FirmwareTopic, message: FirmwareMessage) -> None:
         if self.mqtt is None:
             raise RuntimeError("platform is not connected to a broker")
-        topic = self.devices.topic_for(device, message.kind)
         self.mqtt.publish(str(topic), message.to_json())
 
+    def _send(self, device: Device, message: FirmwareMessage) -> None:
+        self._publish(self.registry.topic_for(device, message.kind), message)
+
     async def read_version(self, device_id: str, timeout: float | None = None) -> str:
-        """Ask a device for its firmware version (firmware/read) and wait for the reply."""
-        device = self.devices.get(device_id)
+        """Ask a device for its firmware version (firmware/read) and wait for the reply.
+
+        Raises KeyError (unknown device), TimeoutError (no answer) or ReadFailed."""
+        device = self.registry.get(device_id)
         if device is None:
             raise KeyError(f"unknown device {device_id!r}")
         message = ReadFirmware(messageId=new_message_id())
@@ -190,6 +214,8 @@ class Platform:
             ) from None
         finally:
             self._reads.pop(message.messageId, None)
+        if not reply.success:
+            raise ReadFailed(f"device {device_id!r} could not tell its firmware version")
         return reply.version
 
     # -- receiving -------------------------------------------------------------------------
@@ -204,12 +230,22 @@ class Platform:
             device = self._sender(parsed)
             if device is None:
                 return
-            self._handle(parsed, device, message)
+            match message:
+                case UpgradeReply():
+                    self._on_reply(parsed, device, message)
+                case UpgradeProgress():
+                    self._on_progress(parsed, device, message)
+                case PullFirmware():
+                    self._on_pull(device, message)
+                case ReportFirmware():
+                    self._on_report(device, message)
+                case ReadReply():
+                    self._on_read_reply(parsed, device, message)
         except ProtocolError as exc:
             self.events.add(EventLog.BAD_MESSAGE, str(exc), topic=topic)
 
     def _sender(self, topic: FirmwareTopic) -> Device | None:
-        device = self.devices.get(topic.device_id)
+        device = self.registry.get(topic.device_id)
         if device is None:
             self.events.add(
                 EventLog.UNKNOWN_DEVICE,
@@ -218,24 +254,14 @@ class Platform:
                 device_id=topic.device_id,
             )
             return None
-        mismatch = self.devices.sender_mismatch(device, topic)
+        mismatch = self.registry.sender_mismatch(device, topic)
         if mismatch:
             self.events.add(EventLog.BAD_MESSAGE, f"{topic}: {mismatch}", topic=str(topic))
             return None
         return device
 
-    def _handle(self, topic: FirmwareTopic, device: Device, message: FirmwareMessage) -> None:
-        handlers: dict[TopicKind, Callable[[FirmwareTopic, Device, FirmwareMessage], None]] = {
-            TopicKind.UPGRADE_REPLY: self._on_reply,  # type: ignore[dict-item]
-            TopicKind.UPGRADE_PROGRESS: self._on_progress,  # type: ignore[dict-item]
-            TopicKind.PULL: self._on_pull,  # type: ignore[dict-item]
-            TopicKind.REPORT: self._on_report,  # type: ignore[dict-item]
-            TopicKind.READ_REPLY: self._on_read_reply,  # type: ignore[dict-item]
-        }
-        handlers[topic.kind](topic, device, message)
-
     def _on_reply(self, topic: FirmwareTopic, device: Device, reply: UpgradeReply) -> None:
-        record = self.book.by_message_id(reply.messageId)
+        record = self.upgrades.by_message_id(reply.messageId)
         if record is None or record.device_id != device.id:
             self.events.add(
                 EventLog.UNKNOWN_REPLY,
@@ -258,14 +284,14 @@ class Platform:
         reason = None
         if not reply.success:
             reason = ": ".join(p for p in (reply.code, reply.message) if p) or None
-        record.reply(_now(), reply.success, reason)
+        record.reply(now_ms(), reply.success, reason)
 
     def _on_progress(self, topic: FirmwareTopic, device: Device, msg: UpgradeProgress) -> None:
-        record = self.book.processing_for(device.id, msg.firmwareId, msg.version)
+        record = self.upgrades.processing_for(device.id, msg.firmwareId, msg.version)
         if record is None:
             held = [
                 f"{r.firmware_id}/{r.version} ({r.state.value})"
-                for r in self.book.records_of(device_id=device.id)
+                for r in self.upgrades.records_of(device_id=device.id)
             ]
             self.events.add(
                 EventLog.UNMATCHED_PROGRESS,
@@ -276,10 +302,11 @@ class Platform:
                 device_id=device.id,
             )
             return
-        record.report_progress(_now(), msg.progress, msg.complete, msg.success, msg.errorReason)
+        record.report_progress(now_ms(), msg.progress, msg.complete, msg.success, msg.errorReason)
 
-    def _on_pull(self, topic: FirmwareTopic, device: Device, pull: PullFirmware) -> None:
-        record = self.book.pull_candidate(device.id, pull.requestVersion)
+    def _on_pull(self, device: Device, pull: PullFirmware) -> None:
+        force = bool(pull.headers and pull.headers.get("force") is True)
+        record = self.upgrades.pull_candidate(device.id, pull.requestVersion, force=force)
         firmware = self.store.firmware.get(record.firmware_id) if record else None
         if record is None or firmware is None:
             wanted = pull.requestVersion or "the latest version"
@@ -293,11 +320,12 @@ class Platform:
                 ),
             )
             return
-        record.start(_now())
-        self._send(device, PullReply(messageId=pull.messageId, **firmware.fields().model_dump()))
+        record.start(now_ms())
+        fields = self.store.fields_of(firmware).model_dump()
+        self._send(device, PullReply(messageId=pull.messageId, **fields))
 
-    def _on_report(self, topic: FirmwareTopic, device: Device, report: ReportFirmware) -> None:
-        self.devices.set_version(device.id, report.version)
+    def _on_report(self, device: Device, report: ReportFirmware) -> None:
+        self.registry.set_version(device.id, report.version)
         log.info("device %s reports firmware %s", device.id, report.version)
 
     def _on_read_reply(self, topic: FirmwareTopic, device: Device, reply: ReadReply) -> None:
@@ -310,15 +338,6 @@ class Platform:
                 device_id=device.id,
             )
             return
-        self.devices.set_version(device.id, reply.version)
+        if reply.success:
+            self.registry.set_version(device.id, reply.version)
         future.set_result(reply)
-
-    # -- conveniences used by the REST API and the steps ------------------------------------
-
-    def records(self, **query: str | None) -> list[UpgradeRecord]:
-        state = query.get("state")
-        return self.book.records_of(
-            task_id=query.get("task_id"),
-            device_id=query.get("device_id"),
-            state=RecordState(state) if state else None,
-        )

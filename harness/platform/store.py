@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol import SIGN_METHODS, FirmwareFields
+from ..protocol import SIGN_METHODS, FirmwareFields, now_ms
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,11 @@ class StoredFile:
         return len(self.data)
 
     def digest(self, method: str) -> str:
-        return self.md5 if method.lower() == "md5" else self.sha256
+        """The file's digest for a sign method (any case); ValueError for another method."""
+        digests = {"md5": self.md5, "sha256": self.sha256}
+        if method.lower() not in digests:
+            raise ValueError(f"signMethod must be one of {', '.join(SIGN_METHODS)}")
+        return digests[method.lower()]
 
     def path(self) -> str:
         """Path and query of the download URL, to be put after the platform's base URL."""
@@ -49,23 +52,10 @@ class Firmware:
     sign: str
     size: int
     file_id: str
-    url: str
     parameters: dict[str, Any] = field(default_factory=dict)
-    create_time: int = field(default_factory=lambda: int(time.time() * 1000))
+    create_time: int = field(default_factory=now_ms)
 
-    def fields(self) -> FirmwareFields:
-        """What goes into an upgrade message or a pull reply."""
-        return FirmwareFields(
-            url=self.url,
-            version=self.version,
-            parameters=dict(self.parameters),
-            sign=self.sign,
-            signMethod=self.sign_method,
-            firmwareId=self.id,
-            size=self.size,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, url: str) -> dict[str, Any]:
         return {
             "id": self.id,
             "productId": self.product_id,
@@ -76,14 +66,15 @@ class Firmware:
             "sign": self.sign,
             "size": self.size,
             "fileId": self.file_id,
-            "url": self.url,
+            "url": url,
             "parameters": self.parameters,
             "createTime": self.create_time,
         }
 
 
 class FirmwareStore:
-    """Files by id, firmware entries by id. ``base_url`` is how devices reach the file server."""
+    """Files by id, firmware entries by id. ``base_url`` is how devices reach the file server;
+    download URLs are made from it when sent, so it can change after firmware is stored."""
 
     def __init__(self, base_url: str = "") -> None:
         self.base_url = base_url.rstrip("/")
@@ -114,11 +105,10 @@ class FirmwareStore:
         name: str | None = None,
         parameters: dict[str, Any] | None = None,
     ) -> Firmware:
-        if sign_method.lower() not in SIGN_METHODS:
-            raise ValueError(f"signMethod must be one of {', '.join(SIGN_METHODS)}")
         stored = self.files.get(file_id)
         if stored is None:
             raise KeyError(f"no file {file_id!r}")
+        computed = stored.digest(sign_method)
         if version_order is None:
             orders = [f.version_order for f in self.firmware.values() if f.product_id == product_id]
             version_order = max(orders, default=0) + 1
@@ -129,14 +119,28 @@ class FirmwareStore:
             version=version,
             version_order=version_order,
             sign_method=sign_method,
-            sign=sign if sign is not None else stored.digest(sign_method),
+            sign=sign if sign is not None else computed,
             size=stored.size,
             file_id=stored.id,
-            url=self.base_url + stored.path(),
             parameters=dict(parameters or {}),
         )
         self.firmware[fw.id] = fw
         return fw
+
+    def url_of(self, firmware: Firmware) -> str:
+        return self.base_url + self.files[firmware.file_id].path()
+
+    def fields_of(self, firmware: Firmware) -> FirmwareFields:
+        """What goes into an upgrade message or a pull reply."""
+        return FirmwareFields(
+            url=self.url_of(firmware),
+            version=firmware.version,
+            parameters=dict(firmware.parameters),
+            sign=firmware.sign,
+            signMethod=firmware.sign_method,
+            firmwareId=firmware.id,
+            size=firmware.size,
+        )
 
     def upload(self, name: str, data: bytes, **firmware: Any) -> Firmware:
         """Store a file and create its firmware entry in one step."""

@@ -84,7 +84,6 @@ class UpgradeRecord:
     message_id: str | None = None
     #: When the device last said anything about this record (reply or progress).
     heard_time: int | None = None
-    replied: bool = False
     history: list[tuple[str, int]] = field(default_factory=list)
 
     def _move(self, state: RecordState, now: int) -> None:
@@ -96,14 +95,12 @@ class UpgradeRecord:
         self.message_id = message_id
         self.upgrade_time = now
         self.heard_time = None
-        self.replied = False
         self.error_reason = None
         self.complete_time = None
         self.progress = 0
         self._move(RecordState.PROCESSING, now)
 
     def reply(self, now: int, success: bool, reason: str | None) -> None:
-        self.replied = True
         self.heard_time = now
         if not success:
             self.fail(now, reason or "device refused the upgrade")

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from .messages import now_ms as current_ms
 
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
 #: What Java's Long.parseLong accepts (ASCII digits, one optional sign), and no more.
@@ -43,7 +44,7 @@ def credentials_for(
     device_id: str, secret: DeviceSecret, timestamp_ms: int | None = None
 ) -> MqttCredentials:
     """The clientId, username and password a device connects with."""
-    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    ts = current_ms() if timestamp_ms is None else timestamp_ms
     return MqttCredentials(
         client_id=device_id,
         username=f"{secret.secure_id}|{ts}",
@@ -80,7 +81,7 @@ def verify(
     if not _JAVA_LONG.fullmatch(ts_text):
         raise AuthError(f"device {client_id!r}: timestamp {ts_text!r} is not an integer")
     ts = int(ts_text)
-    now = int(time.time() * 1000) if now_ms is None else now_ms
+    now = current_ms() if now_ms is None else now_ms
     if abs(now - ts) > MAX_CLOCK_SKEW_MS:
         raise AuthError(f"device {client_id!r}: timestamp is more than 5 minutes off")
     if isinstance(password, str):

@@ -111,6 +111,8 @@ class PullFirmware(FirmwareMessage):
     messageId: Id
     currentVersion: str | None = None
     requestVersion: str | None = None
+    #: JetLinks reads ``force: true`` here: any record state may be handed out again.
+    headers: dict[str, Any] | None = None
 
 
 class PullReply(FirmwareMessage):
