@@ -751,7 +751,7 @@ async def test_pull_reply_not_found_is_recorded_and_starts_nothing(
     await platform.read_round_trip()
     assert not agent.jobs
     assert platform.on(f"{OWN}/upgrade/progress") == []
-    assert agent.errors == []
+    assert list(agent.errors) == []
 
 
 async def test_pull_reply_with_firmware_starts_a_job(
@@ -856,3 +856,14 @@ async def test_broker_restart_mid_job_the_agent_reconnects_and_finishes(
         await first.stop()
         if second is not None:
             await second.stop()
+
+
+async def test_a_failed_download_leaves_no_partial_file(
+    agent: GatewayAgent, platform: Platform, files: FileServer, state_dir: Path
+) -> None:
+    # Announced larger than served: the bytes arrive, then the resume is refused (416).
+    await platform.send(f"{OWN}/upgrade", seed_upgrade(files.url(), size=len(IMAGE) + 100))
+    final = await platform.final()
+    assert "shorter than the announced size" in final["errorReason"]
+    await agent.wait_idle(5)
+    assert list((state_dir / "downloads").iterdir()) == []

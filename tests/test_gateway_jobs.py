@@ -42,7 +42,6 @@ def make_job(firmware: FirmwareFields = FIRMWARE, image: Path | None = None) -> 
         target="gateway",
         firmware=firmware,
         topic=device_topic("gw-product", "gw-1", TopicKind.UPGRADE),
-        message_id="1551807719374848000",
         image=image,
     )
 

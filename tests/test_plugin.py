@@ -60,3 +60,12 @@ def test_unreachable_external_broker_skips_with_the_reason(pytester: pytest.Pyte
     result = pytester.runpytest("-p", "no:asyncio", "--broker", "mqtt://127.0.0.1:1", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*mqtt://127.0.0.1:1*"])
+
+
+def test_a_failing_test_names_its_log_file(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_fails(ota):\n    assert ota.system.gateway is None\n")
+    result = pytester.runpytest("-p", "no:asyncio", "--broker", "embedded")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*ota-hil log*", "*full log of this test: *test_fails*.log"])
+    (log,) = (pytester.path / "reports" / "logs").glob("*test_fails*.log")
+    assert "platform REST and files on http://127.0.0.1:" in log.read_text()

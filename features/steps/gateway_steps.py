@@ -33,15 +33,15 @@ def _(ota: Ota, scenario: ScenarioContext) -> None:
 
 
 @then(parsers.parse('the platform answers the pull with code "{code}"'))
-def _(ota: Ota, code: str) -> None:
+def _(ota: Ota, scenario: ScenarioContext, code: str) -> None:
     gateway = ota.system.gateway
     assert gateway is not None
     reply = wait_for(
-        lambda: list(gateway.pull_replies.values()),
-        bool,
+        lambda: gateway.pull_replies.get(scenario.answers["pull"]),
+        lambda r: r is not None,
         5,
         "a reply to the gateway's pull",
-    )[-1]
+    )
     assert not reply.success and reply.code == code, reply
 
 

@@ -21,5 +21,6 @@ __all__ = [
     "Upgrader",
     "UpgraderRegistry",
     "check_sign",
+    "partial_download",
     "write_atomic",
 ]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ..aio import cancel_and_wait
 from ..mqtt import BrokerUrl, MqttEndpoint
@@ -40,15 +42,33 @@ from ..protocol import (
     parse_topic,
     subscriptions_for_device,
 )
-from .download import Downloader, DownloadError, DownloadPolicy, check_sign
+from .download import Downloader, DownloadError, DownloadPolicy, check_sign, partial_download
 from .jobs import Job, ProgressReporter, UpgradeFailed
 from .state import GatewayState
 from .upgraders import GatewayImageUpgrader, UpgraderRegistry
 
 log = logging.getLogger("ota_hil.gateway")
 
+K = TypeVar("K")
+V = TypeVar("V")
+
 #: Share of a job's progress given to the download; the rest is the upgrader's.
 DOWNLOAD_SHARE = 60
+#: How many pull replies and refused messages the agent remembers.
+HISTORY = 256
+
+
+class BoundedDict(OrderedDict[K, V]):
+    """A dict that forgets its oldest entries beyond ``limit`` (for a long-running agent)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __setitem__(self, key: K, value: V) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            self.popitem(last=False)
 
 
 @dataclass
@@ -78,11 +98,12 @@ class GatewayAgent:
         self.children: dict[str, str] = {}
         self.downloader = Downloader(config.download)
         self.jobs: dict[str, tuple[Job, asyncio.Task[None]]] = {}
-        self._pulls: dict[str, FirmwareTopic] = {}
-        #: Replies to this gateway's pulls, by messageId.
-        self.pull_replies: dict[str, PullReply] = {}
+        self._pulls: BoundedDict[str, FirmwareTopic] = BoundedDict(HISTORY)
+        #: Replies to this gateway's pulls, by messageId (the latest ones).
+        self.pull_replies: BoundedDict[str, PullReply] = BoundedDict(HISTORY)
         self.mqtt: MqttEndpoint | None = None
-        self.errors: list[ProtocolError] = []
+        #: The latest inbound messages that could not be used.
+        self.errors: deque[ProtocolError] = deque(maxlen=HISTORY)
 
     @property
     def device_id(self) -> str:
@@ -90,7 +111,9 @@ class GatewayAgent:
 
     @property
     def version(self) -> str:
-        return self.state.version(self.device_id) or self.config.initial_version
+        version = self.state.version(self.device_id)
+        assert version is not None  # written at construction
+        return version
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -228,7 +251,6 @@ class GatewayAgent:
             target=target,
             firmware=message,
             topic=topic,
-            message_id=message.messageId,
         )
         running = self.jobs.get(job.device_id)
         if running is not None and running[0].key != job.key:
@@ -275,7 +297,7 @@ class GatewayAgent:
         if target is None or self.upgraders.get(target) is None or topic.device_id in self.jobs:
             log.warning("%s: cannot act on pull reply for target %r", self.device_id, target)
             return
-        self._start_job(Job(topic.device_id, target, firmware, topic, reply.messageId))
+        self._start_job(Job(topic.device_id, target, firmware, topic))
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -290,6 +312,7 @@ class GatewayAgent:
         upgrader = self.upgraders.get(job.target)
         assert upgrader is not None
         dest = self.state.download_path(job.firmware.firmwareId, job.firmware.version)
+        keep_partial = False
         try:
             if upgrader.current_version(job.device_id) == job.firmware.version:
                 log.info(
@@ -311,6 +334,7 @@ class GatewayAgent:
             reporter.fail(str(exc))
         except asyncio.CancelledError:
             reporter.fail("upgrade interrupted: the gateway is shutting down")
+            keep_partial = True  # the next attempt resumes the download
             raise
         except Exception as exc:
             log.exception("%s: upgrade of %s crashed", self.device_id, job.device_id)
@@ -319,6 +343,8 @@ class GatewayAgent:
             self.jobs.pop(job.device_id, None)
             with contextlib.suppress(OSError):
                 dest.unlink(missing_ok=True)
+                if not keep_partial:
+                    partial_download(dest).unlink(missing_ok=True)
 
     async def _download(self, job: Job, dest: Path, progress: Callable[[float], None]) -> None:
         fw = job.firmware
@@ -326,6 +352,7 @@ class GatewayAgent:
             job.image = await self.downloader.fetch(
                 fw.url, fw.size, dest, lambda done, total: progress(100 * done / max(total, 1))
             )
-            check_sign(job.image, fw.sign, fw.signMethod)
+            # Hashing a large image would stall everything else on this loop.
+            await asyncio.to_thread(check_sign, job.image, fw.sign, fw.signMethod)
         except DownloadError as exc:
             raise UpgradeFailed(str(exc)) from None

@@ -13,9 +13,16 @@ from pathlib import Path
 
 import aiohttp
 
+from ..protocol import SIGN_METHODS
+
 log = logging.getLogger("ota_hil.gateway.download")
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def partial_download(dest: Path) -> Path:
+    """Where the bytes of ``dest`` gather until it is complete (kept for a resume)."""
+    return dest.with_name(dest.name + ".part")
 
 
 class DownloadError(Exception):
@@ -36,7 +43,7 @@ class DownloadPolicy:
 def check_sign(path: Path, sign: str, method: str) -> None:
     """Raise :class:`DownloadError` unless ``path`` hashes to ``sign`` (md5/sha256, any case)."""
     algo = method.lower()
-    if algo not in ("md5", "sha256"):
+    if algo not in SIGN_METHODS:
         raise DownloadError(f"unsupported signMethod {method!r}")
     digest = hashlib.new(algo)
     with path.open("rb") as f:
@@ -81,7 +88,7 @@ class Downloader:
         progress: Callable[[int, int], None] | None = None,
     ) -> Path:
         """Download ``url`` into ``dest`` (resuming a ``dest``.part left by an earlier try)."""
-        part = dest.with_name(dest.name + ".part")
+        part = partial_download(dest)
         offset = part.stat().st_size if part.exists() else 0
         if offset > size:
             part.unlink()

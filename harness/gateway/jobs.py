@@ -9,7 +9,7 @@ complete=true and either success or an errorReason.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..protocol import FirmwareFields, FirmwareTopic, UpgradeProgress
@@ -28,9 +28,7 @@ class Job:
     firmware: FirmwareFields
     #: The topic the request came on; progress and reports go to the same device.
     topic: FirmwareTopic
-    message_id: str | None = None
     image: Path | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -7,6 +7,7 @@ apps, drivers) plug in here without touching the agent.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import shutil
@@ -76,7 +77,7 @@ class GatewayImageUpgrader:
         slot.mkdir(exist_ok=True)
         target = slot / image_name(job.firmware.version)
         try:
-            shutil.copyfile(job.image, target.with_suffix(".tmp"))
+            await asyncio.to_thread(shutil.copyfile, job.image, target.with_suffix(".tmp"))
             target.with_suffix(".tmp").replace(target)
         except OSError as exc:
             raise UpgradeFailed(f"cannot store the image: {exc}") from None
