@@ -189,7 +189,7 @@ def test_state_persists_versions_across_instances(tmp_path: Path) -> None:
     assert second.version("node-7") == "3.2"
     assert second.version("nobody") is None
     on_disk = json.loads((tmp_path / "gw" / "state.json").read_text())
-    assert on_disk == {"versions": {"gw-1": "1.1.0", "node-7": "3.2"}}
+    assert on_disk == {"versions": {"gw-1": "1.1.0", "node-7": "3.2"}, "counter": 0}
 
 
 def test_state_write_replaces_the_file_and_leaves_no_temporaries(tmp_path: Path) -> None:
@@ -335,3 +335,10 @@ def test_registry_refuses_a_second_upgrader_for_a_kind(tmp_path: Path) -> None:
         registry.register(NodeUpgrader("gateway"))
     assert registry.get("gateway") is first
     assert registry.kinds() == ["gateway"]
+
+
+def test_the_start_counter_grows_across_instances(tmp_path: Path) -> None:
+    first = GatewayState(tmp_path)
+    assert [first.next_counter(), first.next_counter()] == [1, 2]
+    again = GatewayState(tmp_path)
+    assert again.next_counter() == 3  # never reused after a restart: nodes refuse replays

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -42,7 +41,7 @@ from ..protocol import (
     parse_topic,
     subscriptions_for_device,
 )
-from .download import Downloader, DownloadError, DownloadPolicy, check_sign, partial_download
+from .download import Downloader, DownloadError, DownloadPolicy, SharedDownloads
 from .jobs import Job, ProgressReporter, UpgradeFailed
 from .state import GatewayState
 from .upgraders import GatewayImageUpgrader, UpgraderRegistry
@@ -97,6 +96,7 @@ class GatewayAgent:
         #: Child device id -> target kind; filled by whoever attaches nodes (fleets, rigs).
         self.children: dict[str, str] = {}
         self.downloader = Downloader(config.download)
+        self.downloads = SharedDownloads(self.downloader, self.state.downloads())
         self.jobs: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         self._pulls: BoundedDict[str, FirmwareTopic] = BoundedDict(HISTORY)
         #: Replies to this gateway's pulls, by messageId (the latest ones).
@@ -311,8 +311,7 @@ class GatewayAgent:
         )
         upgrader = self.upgraders.get(job.target)
         assert upgrader is not None
-        dest = self.state.download_path(job.firmware.firmwareId, job.firmware.version)
-        keep_partial = False
+        share = getattr(upgrader, "download_share", DOWNLOAD_SHARE)
         try:
             if upgrader.current_version(job.device_id) == job.firmware.version:
                 log.info(
@@ -321,8 +320,15 @@ class GatewayAgent:
                 reporter.succeed()
                 return
             reporter.update(0)
-            await self._download(job, dest, reporter.span(0, DOWNLOAD_SHARE))
-            version = await upgrader.apply(job, reporter.span(DOWNLOAD_SHARE, 99))
+            download = reporter.span(0, share)
+            try:
+                async with self.downloads.image(
+                    job.firmware, lambda done, total: download(100 * done / max(total, 1))
+                ) as image:
+                    job.image = image
+                    version = await upgrader.apply(job, reporter.span(share, 99))
+            except DownloadError as exc:
+                raise UpgradeFailed(str(exc)) from None
             if version != job.firmware.version:
                 raise UpgradeFailed(
                     f"device runs {version} after the upgrade, not {job.firmware.version}"
@@ -334,25 +340,9 @@ class GatewayAgent:
             reporter.fail(str(exc))
         except asyncio.CancelledError:
             reporter.fail("upgrade interrupted: the gateway is shutting down")
-            keep_partial = True  # the next attempt resumes the download
             raise
         except Exception as exc:
             log.exception("%s: upgrade of %s crashed", self.device_id, job.device_id)
             reporter.fail(f"internal error: {type(exc).__name__}: {exc}")
         finally:
             self.jobs.pop(job.device_id, None)
-            with contextlib.suppress(OSError):
-                dest.unlink(missing_ok=True)
-                if not keep_partial:
-                    partial_download(dest).unlink(missing_ok=True)
-
-    async def _download(self, job: Job, dest: Path, progress: Callable[[float], None]) -> None:
-        fw = job.firmware
-        try:
-            job.image = await self.downloader.fetch(
-                fw.url, fw.size, dest, lambda done, total: progress(100 * done / max(total, 1))
-            )
-            # Hashing a large image would stall everything else on this loop.
-            await asyncio.to_thread(check_sign, job.image, fw.sign, fw.signMethod)
-        except DownloadError as exc:
-            raise UpgradeFailed(str(exc)) from None

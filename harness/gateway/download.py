@@ -4,16 +4,17 @@ bounded retries, Range resume after a cut, and a size and sign check at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
 
-from ..protocol import SIGN_METHODS
+from ..protocol import SIGN_METHODS, FirmwareFields
 
 log = logging.getLogger("ota_hil.gateway.download")
 
@@ -192,3 +193,64 @@ def describe(exc: BaseException) -> str:
     else:
         text = _QUERY.sub("", str(exc)) or "no detail"
     return f"{type(exc).__name__}: {text}"
+
+
+class SharedDownloads:
+    """One download per firmware, however many jobs want it: the child devices of one
+    batch share an image, and it stays on disk until the last of them is done with it."""
+
+    def __init__(self, downloader: Downloader, folder: Path) -> None:
+        self.downloader = downloader
+        self.folder = folder
+        self._shares: dict[tuple[str, str, str], _Share] = {}
+
+    @contextlib.asynccontextmanager
+    async def image(
+        self, firmware: FirmwareFields, progress: Callable[[int, int], None]
+    ) -> AsyncIterator[Path]:
+        """The checked image of ``firmware`` (size and sign), downloaded once for all users;
+        DownloadError if it cannot be had."""
+        key = (firmware.firmwareId, firmware.version, firmware.sign.lower())
+        share = self._shares.get(key)
+        if share is None:
+            digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:32]
+            share = _Share(self.folder / f"{digest}.bin")
+            share.task = asyncio.create_task(self._fetch(share, firmware))
+            self._shares[key] = share
+        share.users += 1
+        share.listeners.append(progress)
+        interrupted = False
+        try:
+            yield await asyncio.shield(share.task)
+        except asyncio.CancelledError:
+            interrupted = True  # a shutdown: keep the partial file for the next attempt
+            raise
+        finally:
+            share.listeners.remove(progress)
+            share.users -= 1
+            if share.users == 0:
+                del self._shares[key]
+                if not share.task.done():
+                    share.task.cancel()
+                with contextlib.suppress(OSError):
+                    share.dest.unlink(missing_ok=True)
+                    if not interrupted:
+                        partial_download(share.dest).unlink(missing_ok=True)
+
+    async def _fetch(self, share: _Share, firmware: FirmwareFields) -> Path:
+        def report(done: int, total: int) -> None:
+            for listener in list(share.listeners):
+                listener(done, total)
+
+        path = await self.downloader.fetch(firmware.url, firmware.size, share.dest, report)
+        # Hashing a large image would stall everything else on this loop.
+        await asyncio.to_thread(check_sign, path, firmware.sign, firmware.signMethod)
+        return path
+
+
+@dataclass
+class _Share:
+    dest: Path
+    task: asyncio.Task[Path] = field(init=False)
+    listeners: list[Callable[[int, int], None]] = field(default_factory=list)
+    users: int = 0

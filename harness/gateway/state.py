@@ -33,11 +33,13 @@ class GatewayState:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._path = self.dir / "state.json"
         self._versions: dict[str, str] = {}
+        self._counter = 0
         if self._path.exists():
             try:
                 data = json.loads(self._path.read_text())
                 self._versions = {str(k): str(v) for k, v in data.get("versions", {}).items()}
-            except (ValueError, AttributeError) as exc:
+                self._counter = int(data.get("counter", 0))
+            except (ValueError, AttributeError, TypeError) as exc:
                 raise ValueError(f"{self._path}: not a gateway state file ({exc})") from None
 
     def version(self, device_id: str) -> str | None:
@@ -45,9 +47,21 @@ class GatewayState:
 
     def set_version(self, device_id: str, version: str) -> None:
         """Persist first: if the write fails, memory still agrees with the disk."""
-        versions = {**self._versions, device_id: version}
-        write_atomic(self._path, json.dumps({"versions": versions}, indent=2).encode())
-        self._versions = versions
+        self._save({**self._versions, device_id: version}, self._counter)
+
+    def set_versions(self, versions: dict[str, str]) -> None:
+        """Many devices at once (a whole fleet's results), in one write."""
+        self._save({**self._versions, **versions}, self._counter)
+
+    def next_counter(self) -> int:
+        """A start counter never used before, also across restarts (nodes refuse replays)."""
+        self._save(self._versions, self._counter + 1)
+        return self._counter
+
+    def _save(self, versions: dict[str, str], counter: int) -> None:
+        data = {"versions": versions, "counter": counter}
+        write_atomic(self._path, json.dumps(data, indent=2).encode())
+        self._versions, self._counter = versions, counter
 
     def download_path(self, firmware_id: str, version: str) -> Path:
         """Where an image is downloaded to: named by a digest, since the ids come off the
