@@ -5,6 +5,7 @@ import pytest
 from harness.pytest_plugin import Ota
 
 from .steps.common import scenario  # noqa: F401  (fixture)
+from .steps.fleet_steps import *  # noqa: F403
 from .steps.gateway_steps import *  # noqa: F403
 from .steps.platform_steps import *  # noqa: F403
 

@@ -58,6 +58,10 @@ class Channel(Protocol):
         """One unicast frame to ``node``: True if it arrived."""
         ...
 
+    def advance(self, frames: int = 1) -> None:
+        """``frames`` frames went on air (of any node): channel state ages in time."""
+        ...
+
     def mean_loss(self) -> np.ndarray:
         """Stationary loss probability of each node."""
         ...
@@ -146,6 +150,9 @@ class BernoulliChannel:
         _check_node(node, self.n)
         return rng.random() >= self._loss_list[node]
 
+    def advance(self, frames: int = 1) -> None:
+        """Frames on air: nothing to age, every frame is independent."""
+
     def mean_loss(self) -> np.ndarray:
         return self._loss.copy()
 
@@ -170,6 +177,14 @@ class GilbertElliottChannel:
     Each node's state at its first frame is drawn from the stationary distribution: from
     ``rng`` here when one is given, else from the generator of the first
     :meth:`deliver` / :meth:`deliver_one` that includes the node.
+
+    Time: the chain steps once per frame on air, whoever the frame is for. A driver calls
+    :meth:`advance` for every frame it puts on air; a node's state catches up lazily when
+    it is next addressed, ``s`` steps at once (``P(bad after s | bad) = P(bad) + (1 -
+    P(bad)) * lam**s``, ``P(bad after s | good) = P(bad) * (1 - lam**s)``, ``lam = 1 -
+    p_gb - p_bg``). So a fade lasts a while in time, and a node asked again after other
+    traffic has had the chance to come out of it. Without :meth:`advance`, each frame a
+    node is sent is one step.
 
     Draws: one uniform ``u`` per receiver per frame. The node is Bad for this frame when
     ``u`` falls below its threshold (``1 - p_bg`` after Bad, ``p_gb`` after Good,
@@ -234,6 +249,12 @@ class GilbertElliottChannel:
         self._flat_thresholds = self._thresholds.ravel()
         self._thresholds_list = [tuple(row) for row in self._thresholds.tolist()]
         self._pure = self.bad_loss == 1.0 and self.good_loss == 0.0
+        #: Second eigenvalue of the chain: how fast a node's state forgets itself.
+        self._lam = 1.0 - self.p_good_to_bad - self.p_bad_to_good
+        self._lam_list = self._lam.tolist()
+        self._p_bad_list = self.p_bad.tolist()
+        self._clock = 0
+        self._seen = np.zeros(self.n, dtype=np.int64)
         # One buffer, two views: numpy for broadcasts, the bytearray for the scalar path.
         self._state_bytes = bytearray(self.n)
         self._state = np.frombuffer(self._state_bytes, dtype=np.int8)
@@ -253,11 +274,27 @@ class GilbertElliottChannel:
         """Mean Bad run length in frames per node, after raising to the independent level."""
         return 1.0 / self.p_bad_to_good
 
+    def advance(self, frames: int = 1) -> None:
+        """``frames`` frames went on air: every node's chain is that many steps older."""
+        self._clock += frames
+
     def deliver(self, rng: np.random.Generator, receivers: np.ndarray) -> np.ndarray:
         receivers = _receivers(receivers, self.n)
         k = receivers.shape[0]
         u = rng.random(k)
-        threshold = self._flat_thresholds.take(receivers * 3 + self._state.take(receivers))
+        state = self._state.take(receivers)
+        threshold = self._flat_thresholds.take(receivers * 3 + state)
+        steps = self._clock - self._seen.take(receivers)
+        self._seen[receivers] = self._clock
+        later = (steps > 1) & (state != _FRESH)
+        if later.any():
+            rows = receivers[later]
+            decay = self._lam[rows] ** steps[later]
+            p_bad = self.p_bad[rows]
+            threshold = threshold.copy()
+            threshold[later] = np.where(
+                state[later] == 1, p_bad + (1.0 - p_bad) * decay, p_bad * (1.0 - decay)
+            )
         bad = u < threshold
         self._state[receivers] = bad.view(np.int8)
         if self._pure:
@@ -273,7 +310,14 @@ class GilbertElliottChannel:
     def deliver_one(self, rng: np.random.Generator, node: int) -> bool:
         _check_node(node, self.n)
         u = rng.random()
-        threshold = self._thresholds_list[node][self._state_bytes[node]]
+        state = self._state_bytes[node]
+        threshold = self._thresholds_list[node][state]
+        steps = self._clock - int(self._seen[node])
+        self._seen[node] = self._clock
+        if steps > 1 and state != _FRESH:
+            decay = self._lam_list[node] ** steps
+            p_bad = self._p_bad_list[node]
+            threshold = p_bad + (1.0 - p_bad) * decay if state == 1 else p_bad * (1.0 - decay)
         bad = u < threshold
         self._state_bytes[node] = bad
         if self._pure:

@@ -22,6 +22,7 @@ from harness.gateway.distribution.session import BroadcastSession
 from harness.nodeproto.frames import FrameKind
 from harness.nodeproto.link import Action, SetTimer, Transmit
 
+from .channels import Channel
 from .fleet import SimFleet
 
 ActionSink = Callable[[Action], None]
@@ -49,6 +50,7 @@ class SimDriver:
         self, session: BroadcastSession, on_action: ActionSink
     ) -> Generator[simpy.Event, Any, None]:
         env, fleet, profile, metrics = self.env, self.fleet, self.profile, session.metrics
+        clock = _ChannelClock(fleet.channel, profile.airtime(profile.max_frame))
         airtime = profile.airtime
         queue: deque[Transmit] = deque()
         arrivals: list[tuple[float, int, str, bytes]] = []  # (time, seq, node, frame)
@@ -73,6 +75,7 @@ class SimDriver:
                 for raw in tx.frames:
                     dt = airtime(len(raw))
                     yield env.timeout(dt)
+                    clock.at(env.now)
                     metrics.airtime[name] += dt
                     if tx.to is None:
                         fleet.broadcast(env.now, raw)
@@ -85,7 +88,8 @@ class SimDriver:
                     for frame in reply.frames:
                         on_air = airtime(len(frame))
                         at += on_air
-                        kind = FrameKind(frame[1]).name if len(frame) > 1 else "?"
+                        clock.at(at)
+                        kind = _kind_name(frame)
                         metrics.airtime[kind] += on_air
                         metrics.airtime_by_node[tx.to] += on_air
                         if fleet.uplink(tx.to):
@@ -105,3 +109,26 @@ class SimDriver:
                 timer = None
                 perform(session.timer_fired(env.now))
         metrics.duration = session.metrics.duration
+
+
+def _kind_name(frame: bytes) -> str:
+    try:
+        return FrameKind(frame[1]).name
+    except (IndexError, ValueError):
+        return "UNKNOWN"
+
+
+class _ChannelClock:
+    """Ages the channel with time: one step per frame time of the radio's largest frame,
+    so a fade lasts a while whether the air is busy or silent."""
+
+    def __init__(self, channel: Channel, slot: float) -> None:
+        self.channel = channel
+        self.slot = slot
+        self.steps = 0
+
+    def at(self, now: float) -> None:
+        steps = int(now / self.slot)
+        if steps > self.steps:
+            self.channel.advance(steps - self.steps)
+            self.steps = steps

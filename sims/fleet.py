@@ -21,7 +21,7 @@ from harness.nodeproto.frames import Block, FrameError, FrameKind, decode_frame,
 from harness.nodeproto.missing import MissingBlocks
 
 from .channels import Channel
-from .fleetfile import FleetSpec
+from .fleetfile import FaultSpec, FleetSpec
 from .node import NodeFirmware, NodeTiming
 from .radio import RadioProfile
 
@@ -131,6 +131,7 @@ class SimFleet:
         timing: NodeTiming | None = None,
     ) -> None:
         self.spec = spec
+        self.timing = timing or NodeTiming()
         self.profile: RadioProfile = spec.profile()
         self.ids = spec.node_ids()
         self.index = {node_id: i for i, node_id in enumerate(self.ids)}
@@ -156,7 +157,7 @@ class SimFleet:
                 store=FleetStore(self, i),
                 power=FleetPower(self.arrays, i),
                 faults=faults[i],
-                timing=timing,
+                timing=self.timing,
                 rng=self.rng,
             )
             for i in range(len(self.ids))
@@ -176,6 +177,18 @@ class SimFleet:
         """A node's birth identity, issued when first needed (10,000 signatures add up)."""
         ca = self._forger if self.faults[row].forged_certificate else self.ca
         return ca.issue(self.ids[row])
+
+    def set_faults(self, node_id: str, faults: FaultSpec) -> None:
+        """Change a node's faults after the fleet was built (a scenario's Given steps)."""
+        row = self.index[node_id]
+        self.faults[row] = faults
+        self.nodes[row].faults = faults
+        self.corrupt_rate[row] = faults.corrupt_writes
+        self.offline[row] = faults.offline
+        self.power_loss_at[row] = (
+            -1 if faults.power_loss_at_block is None else faults.power_loss_at_block
+        )
+        self.nodes[row].identity = _LazyIdentity(self, row)  # type: ignore[assignment]
 
     def versions(self) -> dict[str, str]:
         return {node.node_id: node.running_version for node in self.nodes}

@@ -201,6 +201,8 @@ class NodeFirmware:
         self._answers: dict[FrameKind, tuple[int, list[bytes]]] = {}
         #: Frames this node refused, with the reason (for tests and traces).
         self.rejected: list[str] = []
+        #: Blocks held at each restart after a power cut (the bitmap survives in flash).
+        self.boots: list[int] = []
 
     # -- the air interface -----------------------------------------------------------------
 
@@ -377,6 +379,7 @@ class NodeFirmware:
 
     def _reboot(self) -> None:
         """RAM is gone; flash (bitmap, session, counters, a pending image) stays."""
+        self.boots.append(self.store.received())
         self._reassembler = Reassembler()
         self._answers.clear()
         if self._pending is None:

@@ -263,18 +263,18 @@ def test_reply_failure_without_a_reason_still_says_why() -> None:
 def test_progress_is_matched_on_device_firmware_version_and_processing() -> None:
     book = TaskBook()
     record = processing_record(book)
-    assert book.processing_for("gw-1", "fw-1", "2.0.0") is record
-    assert book.processing_for("gw-2", "fw-1", "2.0.0") is None
-    assert book.processing_for("gw-1", "fw-2", "2.0.0") is None
-    assert book.processing_for("gw-1", "fw-1", "2.0.1") is None
+    assert book.processing_for("gw-1", "fw-1", "2.0.0") == [record]
+    assert book.processing_for("gw-2", "fw-1", "2.0.0") == []
+    assert book.processing_for("gw-1", "fw-2", "2.0.0") == []
+    assert book.processing_for("gw-1", "fw-1", "2.0.1") == []
     record.fail(T0 + 20, "boom")
-    assert book.processing_for("gw-1", "fw-1", "2.0.0") is None
+    assert book.processing_for("gw-1", "fw-1", "2.0.0") == []
 
 
 def test_a_waiting_record_takes_no_progress() -> None:
     book = TaskBook()
     deploy_one(book, make_task(book))
-    assert book.processing_for("gw-1", "fw-1", "2.0.0") is None
+    assert book.processing_for("gw-1", "fw-1", "2.0.0") == []
 
 
 def test_progress_then_complete_is_success_at_100() -> None:

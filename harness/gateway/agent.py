@@ -33,6 +33,7 @@ from ..protocol import (
     TopicKind,
     UpgradeFirmware,
     UpgradeReply,
+    child_topic,
     credentials_for,
     decode,
     device_topic,
@@ -44,7 +45,7 @@ from ..protocol import (
 from .download import Downloader, DownloadError, DownloadPolicy, SharedDownloads
 from .jobs import Job, ProgressReporter, UpgradeFailed
 from .state import GatewayState
-from .upgraders import GatewayImageUpgrader, UpgraderRegistry
+from .upgraders import GatewayImageUpgrader, Upgrader, UpgraderRegistry
 
 log = logging.getLogger("ota_hil.gateway")
 
@@ -141,6 +142,21 @@ class GatewayAgent:
                 await self.mqtt.flush(timeout=2.0)
             await self.mqtt.stop()
         await self.downloader.close()
+
+    def attach(self, upgrader: Upgrader, nodes: dict[str, str | None]) -> None:
+        """Take ``nodes`` (child id -> version, where known) as child devices upgraded by
+        ``upgrader``, and report their versions to the platform."""
+        if self.upgraders.get(upgrader.kind) is None:
+            self.upgraders.register(upgrader)
+        known = {node: version for node, version in nodes.items() if version is not None}
+        self.state.set_versions(known)
+        for node, version in nodes.items():
+            self.children[node] = upgrader.kind
+            if version is not None:
+                self.report(self._child_topic(node, TopicKind.REPORT), version)
+
+    def _child_topic(self, child_id: str, kind: TopicKind) -> FirmwareTopic:
+        return child_topic(self.config.product_id, self.device_id, child_id, kind)
 
     async def wait_idle(self, timeout: float = 30.0) -> None:
         """Wait until no job runs (and the outbox is flushed)."""

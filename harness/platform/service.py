@@ -287,8 +287,8 @@ class Platform:
         record.reply(now_ms(), reply.success, reason)
 
     def _on_progress(self, topic: FirmwareTopic, device: Device, msg: UpgradeProgress) -> None:
-        record = self.upgrades.processing_for(device.id, msg.firmwareId, msg.version)
-        if record is None:
+        records = self.upgrades.processing_for(device.id, msg.firmwareId, msg.version)
+        if not records:
             held = [
                 f"{r.firmware_id}/{r.version} ({r.state.value})"
                 for r in self.upgrades.records_of(device_id=device.id)
@@ -302,7 +302,10 @@ class Platform:
                 device_id=device.id,
             )
             return
-        record.report_progress(now_ms(), msg.progress, msg.complete, msg.success, msg.errorReason)
+        for record in records:
+            record.report_progress(
+                now_ms(), msg.progress, msg.complete, msg.success, msg.errorReason
+            )
 
     def _on_pull(self, device: Device, pull: PullFirmware) -> None:
         force = bool(pull.headers and pull.headers.get("force") is True)

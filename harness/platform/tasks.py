@@ -295,19 +295,17 @@ class TaskBook:
         record = self.records.get(self._by_message.get(message_id, ""))
         return record if record is not None and record.message_id == message_id else None
 
-    def processing_for(
-        self, device_id: str, firmware_id: str, version: str
-    ) -> UpgradeRecord | None:
-        """The record a progress message belongs to (JetLinks matches all three, processing)."""
-        for record in self.records.values():
-            if (
-                record.state is RecordState.PROCESSING
-                and record.device_id == device_id
-                and record.firmware_id == firmware_id
-                and record.version == version
-            ):
-                return record
-        return None
+    def processing_for(self, device_id: str, firmware_id: str, version: str) -> list[UpgradeRecord]:
+        """The records a progress message belongs to (JetLinks matches all three, processing):
+        two tasks of one firmware for one device follow the same upgrade."""
+        return [
+            record
+            for record in self.records.values()
+            if record.state is RecordState.PROCESSING
+            and record.device_id == device_id
+            and record.firmware_id == firmware_id
+            and record.version == version
+        ]
 
     def pull_candidate(
         self, device_id: str, request_version: str | None, *, force: bool = False

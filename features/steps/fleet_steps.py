@@ -1,0 +1,188 @@
+"""Steps about simulated radio node fleets behind the gateway."""
+
+from __future__ import annotations
+
+import os
+
+from pytest_bdd import given, parsers, then, when
+
+from harness.pytest_plugin import Ota
+from sims.attach import AttachedFleet, attach_fleet
+from sims.fleetfile import FaultSpec, FleetSpec
+
+from .common import ScenarioContext, wait_for
+
+FINAL = {"success", "failed", "canceled"}
+
+
+def _fleet(scenario: ScenarioContext) -> AttachedFleet:
+    attached = scenario.answers.get("fleet")
+    assert attached is not None, "no fleet in this scenario"
+    return attached
+
+
+def _node_id(scenario: ScenarioContext, index: int) -> str:
+    return _fleet(scenario).fleet.ids[index]
+
+
+@given(
+    parsers.parse(
+        "a fleet of {nodes:d} {radio} nodes behind the gateway with {loss:d}% loss "
+        "and burst {burst:d}"
+    )
+)
+def _(ota: Ota, scenario: ScenarioContext, nodes: int, radio: str, loss: int, burst: int) -> None:
+    spec = FleetSpec(nodes=nodes, radio=radio, loss=loss / 100, burst=burst, seed=nodes + loss)
+    scenario.answers["fleet"] = ota.run(attach_fleet(ota.system, spec))
+
+
+@given(parsers.parse("a fleet of {nodes:d} {radio} nodes behind the gateway"))
+def _(ota: Ota, scenario: ScenarioContext, nodes: int, radio: str) -> None:
+    spec = FleetSpec(nodes=nodes, radio=radio, seed=nodes)
+    scenario.answers["fleet"] = ota.run(attach_fleet(ota.system, spec))
+
+
+_FAULTS = {
+    "is offline": FaultSpec(offline=True),
+    "has a forged birth certificate": FaultSpec(forged_certificate=True),
+    "loses power during the apply": FaultSpec(power_loss_during_apply=True),
+    "fails its self-test": FaultSpec(fail_self_test=True),
+    "writes every block corrupted": FaultSpec(corrupt_writes=1.0),
+    "refuses the key exchange": FaultSpec(refuse_key_exchange=True),
+}
+
+
+@given(parsers.re(r"node (?P<index>\d+) (?P<fault>" + "|".join(_FAULTS) + ")"))
+def _(scenario: ScenarioContext, index: str, fault: str) -> None:
+    attached = _fleet(scenario)
+    attached.fleet.set_faults(_node_id(scenario, int(index)), _FAULTS[fault])
+
+
+@given(parsers.parse("node {index:d} loses power after {blocks:d} blocks"))
+def _(scenario: ScenarioContext, index: int, blocks: int) -> None:
+    attached = _fleet(scenario)
+    attached.fleet.set_faults(_node_id(scenario, index), FaultSpec(power_loss_at_block=blocks))
+
+
+def _push(ota: Ota, scenario: ScenarioContext, version: str, kib: int) -> None:
+    attached = _fleet(scenario)
+    client = ota.client
+    if scenario.firmware is None or scenario.firmware["version"] != version:
+        image = os.urandom(kib * 1024)
+        scenario.firmware = ota.run(client.upload_firmware(image, attached.product_id, version))
+    fw = scenario.firmware
+    scenario.task = ota.run(
+        client.create_task(fw["id"], name=f"nodes {version}", mode="push", timeoutSeconds=300)
+    )
+    ota.run(client.deploy(scenario.task["id"]))
+    ota.run(client.check_now())
+
+
+@when(parsers.parse('the platform pushes firmware "{version}" of {kib:d} KiB to every node'))
+def _(ota: Ota, scenario: ScenarioContext, version: str, kib: int) -> None:
+    _push(ota, scenario, version, kib)
+
+
+@when(
+    parsers.parse('the platform pushes the same firmware "{version}" of {kib:d} KiB in two tasks')
+)
+def _(ota: Ota, scenario: ScenarioContext, version: str, kib: int) -> None:
+    _push(ota, scenario, version, kib)
+    first = scenario.task
+    _push(ota, scenario, version, kib)
+    scenario.answers["tasks"] = [first, scenario.task]
+
+
+def _records(ota: Ota, scenario: ScenarioContext) -> dict[str, dict]:
+    """Every record of the scenario's tasks, by device (and task, when there are several)."""
+    tasks = scenario.answers.get("tasks") or [scenario.task]
+    assert tasks[0] is not None
+    out = {}
+    for task in tasks:
+        for r in ota.run(ota.client.records(taskId=task["id"])):
+            out[r["deviceId"] if len(tasks) == 1 else f"{r['deviceId']}@{task['id']}"] = r
+    return out
+
+
+def _all_final(ota: Ota, scenario: ScenarioContext, seconds: int) -> dict[str, dict]:
+    nodes = len(_fleet(scenario).fleet) * len(scenario.answers.get("tasks") or [None])
+    return wait_for(
+        lambda: _records(ota, scenario),
+        lambda rs: len(rs) == nodes and all(r["state"] in FINAL for r in rs.values()),
+        seconds,
+        "every node's record ending",
+        interval=0.2,
+    )
+
+
+@then(parsers.parse("every node's record ends in success within {seconds:d} seconds"))
+def _(ota: Ota, scenario: ScenarioContext, seconds: int) -> None:
+    records = _all_final(ota, scenario, seconds)
+    failed = {n: r["errorReason"] for n, r in records.items() if r["state"] != "success"}
+    assert not failed, f"{len(failed)} node(s) did not succeed: {dict(list(failed.items())[:5])}"
+
+
+@then(
+    parsers.parse(
+        'within {seconds:d} seconds node {index:d} fails with a reason containing "{text}" '
+        "and every other node succeeds"
+    )
+)
+def _(ota: Ota, scenario: ScenarioContext, seconds: int, index: int, text: str) -> None:
+    records = _all_final(ota, scenario, seconds)
+    node = _node_id(scenario, index)
+    assert records[node]["state"] == "failed", records[node]
+    assert text in (records[node]["errorReason"] or ""), records[node]["errorReason"]
+    others = {
+        n: r["errorReason"] for n, r in records.items() if n != node and r["state"] != "success"
+    }
+    assert not others, f"other nodes did not succeed: {others}"
+
+
+@then(parsers.parse('every node runs version "{version}"'))
+def _(scenario: ScenarioContext, version: str) -> None:
+    versions = _fleet(scenario).fleet.versions()
+    wrong = {n: v for n, v in versions.items() if v != version}
+    assert not wrong, f"nodes not on {version}: {wrong}"
+
+
+@then(parsers.parse('node {index:d} runs version "{version}"'))
+def _(scenario: ScenarioContext, index: int, version: str) -> None:
+    assert _fleet(scenario).fleet.node(_node_id(scenario, index)).running_version == version
+
+
+@then(parsers.parse('the platform shows every node at version "{version}"'))
+def _(ota: Ota, scenario: ScenarioContext, version: str) -> None:
+    registry = ota.system.platform_server.platform.registry  # type: ignore[union-attr]
+    ids = _fleet(scenario).fleet.ids
+    wait_for(
+        lambda: [registry.get(n).firmware_version for n in ids],  # type: ignore[union-attr]
+        lambda vs: all(v == version for v in vs),
+        10,
+        f"the platform's versions of every node being {version}",
+    )
+
+
+@then("nothing is bricked: every node runs its old or its new image")
+def _(scenario: ScenarioContext) -> None:
+    fleet = _fleet(scenario).fleet
+    old = set(fleet.spec.per_node()[2])
+    new = {scenario.firmware["version"]} if scenario.firmware else set()
+    bricked = {n.node_id: n.running_version for n in fleet if n.running_version not in old | new}
+    assert not bricked, bricked
+
+
+@then(parsers.parse("node {index:d} resumed from its bitmap after the power cut"))
+def _(scenario: ScenarioContext, index: int) -> None:
+    node = _fleet(scenario).fleet.node(_node_id(scenario, index))
+    cut_at = node.faults.power_loss_at_block
+    assert node.boots, "the node never lost power"
+    assert cut_at is not None and node.boots[0] >= cut_at, (
+        f"held {node.boots[0]} blocks after the restart, expected at least {cut_at}"
+    )
+
+
+@then("the gateway ran one broadcast session")
+def _(scenario: ScenarioContext) -> None:
+    sessions = _fleet(scenario).upgrader.sessions
+    assert len(sessions) == 1, f"{len(sessions)} sessions"
