@@ -6,9 +6,11 @@ import click
 
 from .. import __version__
 from .broker import broker_command
+from .certs import certs_command
 from .push import push_command
 from .run import run_command
 from .services import gateway_command, platform_command, up_command
+from .sim import sim_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,5 +30,7 @@ for command in (
     platform_command,
     gateway_command,
     broker_command,
+    sim_command,
+    certs_command,
 ):
     main.add_command(command)

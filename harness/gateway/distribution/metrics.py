@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+_POLLING = ("BITMAP_QUERY", "BITMAP_REPORT", "RESEND")
+
+
 @dataclass
 class SessionMetrics:
     """Counted by the session (frames, rounds, bytes) and by the driver (airtime, time)."""
@@ -51,6 +54,13 @@ class SessionMetrics:
         total = self.total_airtime
         return (total - self.data_airtime) / total if total else 0.0
 
+    @property
+    def polling_share(self) -> float:
+        """Share of airtime spent learning what nodes miss (queries, reports, resends)."""
+        total = self.total_airtime
+        polling = sum(self.airtime.get(k, 0.0) for k in _POLLING)
+        return polling / total if total else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "nodes": self.nodes,
@@ -68,5 +78,6 @@ class SessionMetrics:
             "airtime": {k: round(v, 6) for k, v in self.airtime.items()},
             "total_airtime": round(self.total_airtime, 6),
             "control_share": round(self.control_share, 6),
+            "polling_share": round(self.polling_share, 6),
             "duration": round(self.duration, 6),
         }
