@@ -6,7 +6,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-
 _POLLING = ("BITMAP_QUERY", "BITMAP_REPORT", "RESEND")
 
 
