@@ -24,6 +24,21 @@ Feature: Upgrading radio nodes behind the gateway
       | ble   | 10   | 1     |
       | ble   | 30   | 5     |
 
+  @single_broker
+  Scenario: A thousand nodes over a lossy radio, each record true to its node
+    Given a fleet of 1000 324 nodes behind the gateway with 10% loss and burst 1
+    And node 17 is offline
+    And node 404 has a forged birth certificate
+    And node 777 fails its self-test
+    When the platform pushes firmware "2.0.0" of 16 KiB to every node
+    Then within 120 seconds every record ends, and only these nodes fail:
+      | node | reason                    |
+      | 17   | offline                   |
+      | 404  | birth certificate refused |
+      | 777  | rolled back to 1.0.0      |
+    And nothing is bricked: every node runs its old or its new image
+    And the platform shows every upgraded node at version "2.0.0"
+
   Scenario: An offline node fails with a reason and the rest succeed
     Given a fleet of 20 324 nodes behind the gateway with 10% loss and burst 1
     And node 7 is offline

@@ -23,6 +23,9 @@ from .aio import cancel_and_wait
 from .protocol.auth import MqttCredentials
 
 Handler = Callable[[str, bytes], Awaitable[None]]
+
+#: Publishes sent before their acknowledgements are awaited (paho's default window is 20).
+IN_FLIGHT = 16
 CredentialSource = Callable[[], MqttCredentials]
 
 
@@ -184,16 +187,27 @@ class MqttEndpoint:
             await self._dispatch(str(message.topic), payload)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
+        """Send the outbox in order, up to ``IN_FLIGHT`` unacknowledged at a time (one at a
+        time, a fleet's thousands of progress messages would wait on round trips)."""
         while True:
             await self._pending.wait()
             while self._outbox:
-                topic, payload, qos = self._outbox[0]
-                try:
-                    await client.publish(topic, payload, qos=qos)
-                except ValueError as exc:
-                    # paho refuses it outright; resending would never succeed.
-                    self.log.error("%s: dropped message to %r: %s", self.client_id, topic, exc)
-                self._outbox.popleft()
+                batch = [self._outbox[i] for i in range(min(IN_FLIGHT, len(self._outbox)))]
+                results = await asyncio.gather(
+                    *(client.publish(t, p, qos=q) for t, p, q in batch), return_exceptions=True
+                )
+                for (topic, _, _), result in zip(batch, results, strict=True):
+                    if isinstance(result, ValueError):
+                        # paho refuses it outright; resending would never succeed.
+                        self.log.error(
+                            "%s: dropped message to %r: %s", self.client_id, topic, result
+                        )
+                    elif isinstance(result, BaseException):
+                        # Kept in the outbox, the whole batch goes again after the reconnect
+                        # (at least once, as QoS 1 promises).
+                        raise result
+                for _ in batch:
+                    self._outbox.popleft()
             self._pending.clear()
 
     async def _dispatch(self, topic: str, payload: bytes) -> None:

@@ -61,9 +61,19 @@ def broker_backends(config: pytest.Config) -> list[str]:
     return list(dict.fromkeys(specs)) or ["embedded"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "single_broker: run on the first --broker backend only (a long test whose broker "
+        "coverage the others already give)",
+    )
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "broker_backend" in metafunc.fixturenames:
         backends = broker_backends(metafunc.config)
+        if metafunc.definition.get_closest_marker("single_broker"):
+            backends = backends[:1]
         metafunc.parametrize(
             "broker_backend", backends, indirect=True, ids=backends, scope="session"
         )

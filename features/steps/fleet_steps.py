@@ -139,6 +139,31 @@ def _(ota: Ota, scenario: ScenarioContext, seconds: int, index: int, text: str) 
     assert not others, f"other nodes did not succeed: {others}"
 
 
+@then(parsers.parse("within {seconds:d} seconds every record ends, and only these nodes fail:"))
+def _(ota: Ota, scenario: ScenarioContext, seconds: int, datatable: list[list[str]]) -> None:
+    header, *rows = datatable
+    expected = {_node_id(scenario, int(row[0])): row[1] for row in rows}
+    records = _all_final(ota, scenario, seconds)
+    failed = {n: r["errorReason"] or "" for n, r in records.items() if r["state"] != "success"}
+    assert set(failed) == set(expected), f"failed: {failed}"
+    wrong = {n: failed[n] for n, text in expected.items() if text not in failed[n]}
+    assert not wrong, f"reasons that are not true to the fault: {wrong}"
+
+
+@then(parsers.parse('the platform shows every upgraded node at version "{version}"'))
+def _(ota: Ota, scenario: ScenarioContext, version: str) -> None:
+    registry = ota.system.platform_server.platform.registry  # type: ignore[union-attr]
+    fleet = _fleet(scenario).fleet
+    upgraded = [n.node_id for n in fleet if n.running_version == version]
+    assert upgraded, "no node was upgraded"
+    wait_for(
+        lambda: [registry.get(n).firmware_version for n in upgraded],  # type: ignore[union-attr]
+        lambda vs: all(v == version for v in vs),
+        10,
+        f"the platform's versions of the upgraded nodes being {version}",
+    )
+
+
 @then(parsers.parse('every node runs version "{version}"'))
 def _(scenario: ScenarioContext, version: str) -> None:
     versions = _fleet(scenario).fleet.versions()

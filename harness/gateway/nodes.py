@@ -27,7 +27,9 @@ log = logging.getLogger("ota_hil.gateway.nodes")
 @dataclass
 class _Batch:
     version: str
+    opened: float
     jobs: dict[str, tuple[Job, Progress, asyncio.Future[str]]] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
 
 
 class NodeUpgrader:
@@ -44,6 +46,7 @@ class NodeUpgrader:
         ca_public_key: bytes,
         *,
         batch_window: float = 0.5,
+        batch_max_wait: float = 10.0,
         response_timeout: float,
         session_options: dict[str, Any] | None = None,
     ) -> None:
@@ -52,6 +55,7 @@ class NodeUpgrader:
         self.state = state
         self.ca_public_key = ca_public_key
         self.batch_window = batch_window
+        self.batch_max_wait = batch_max_wait
         self.response_timeout = response_timeout
         self.session_options = dict(session_options or {})
         self._batches: dict[tuple[str, str], _Batch] = {}
@@ -65,15 +69,19 @@ class NodeUpgrader:
         return self.state.version(device_id)
 
     async def apply(self, job: Job, progress: Progress) -> str:
+        """Join the batch of this firmware; the batch's session starts once no job has
+        joined for ``batch_window`` seconds (or ``batch_max_wait`` after it opened)."""
+        loop = asyncio.get_running_loop()
         key = (job.firmware.firmwareId, job.firmware.version)
         batch = self._batches.get(key)
         if batch is None:
-            batch = self._batches[key] = _Batch(job.firmware.version)
-            asyncio.get_running_loop().call_later(
-                self.batch_window, lambda: asyncio.ensure_future(self._run(key, job))
-            )
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            batch = self._batches[key] = _Batch(job.firmware.version, loop.time())
+        future: asyncio.Future[str] = loop.create_future()
         batch.jobs[job.device_id] = (job, progress, future)
+        if batch.timer is not None:
+            batch.timer.cancel()
+        at = min(loop.time() + self.batch_window, batch.opened + self.batch_max_wait)
+        batch.timer = loop.call_at(at, lambda: asyncio.ensure_future(self._run(key, job)))
         return await future
 
     async def _run(self, key: tuple[str, str], first: Job) -> None:

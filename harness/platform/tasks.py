@@ -191,6 +191,8 @@ class TaskBook:
         self.tasks: dict[str, UpgradeTask] = {}
         self.records: dict[str, UpgradeRecord] = {}
         self._by_message: dict[str, str] = {}
+        #: Records by device: a fleet's progress messages must not scan every record.
+        self._by_device: dict[str, dict[str, UpgradeRecord]] = {}
 
     def create_task(
         self,
@@ -254,6 +256,7 @@ class TaskBook:
             )
             record.history.append((RecordState.WAITING.value, now))
             self.records[rid] = record
+            self._by_device.setdefault(device_id, {})[rid] = record
             out.append(record)
         task.running = True
         return out
@@ -264,9 +267,10 @@ class TaskBook:
         device_id: str | None = None,
         state: RecordState | None = None,
     ) -> list[UpgradeRecord]:
+        pool = self.records if device_id is None else self._by_device.get(device_id, {})
         return [
             r
-            for r in self.records.values()
+            for r in pool.values()
             if (task_id is None or r.task_id == task_id)
             and (device_id is None or r.device_id == device_id)
             and (state is None or r.state is state)
@@ -300,9 +304,8 @@ class TaskBook:
         two tasks of one firmware for one device follow the same upgrade."""
         return [
             record
-            for record in self.records.values()
+            for record in self._by_device.get(device_id, {}).values()
             if record.state is RecordState.PROCESSING
-            and record.device_id == device_id
             and record.firmware_id == firmware_id
             and record.version == version
         ]

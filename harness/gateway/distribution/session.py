@@ -385,7 +385,6 @@ class BroadcastSession:
                 bound[node] = bits
                 union |= bits
                 still.append(node)
-                self._progress([node], 60 + 20 * (k - len(missing)) / k, "transfer")
                 uncovered = int((candidates & ~union).sum())
                 if not uncovered:
                     still.extend(order[i + 1 :])  # unpolled: nothing they say can widen it
