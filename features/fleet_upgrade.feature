@@ -68,6 +68,7 @@ Feature: Upgrading radio nodes behind the gateway
     When the platform pushes firmware "2.0.0" of 8 KiB to every node
     Then within 60 seconds node 2 fails with a reason containing "<reason>" and every other node succeeds
     And node 2 runs version "1.0.0"
+    And the platform shows node 2 at version "1.0.0"
     And nothing is bricked: every node runs its old or its new image
 
     Examples:

@@ -176,6 +176,13 @@ def _(scenario: ScenarioContext, index: int, version: str) -> None:
     assert _fleet(scenario).fleet.node(_node_id(scenario, index)).running_version == version
 
 
+@then(parsers.parse('the platform shows node {index:d} at version "{version}"'))
+def _(ota: Ota, scenario: ScenarioContext, index: int, version: str) -> None:
+    node = _node_id(scenario, index)
+    shown = ota.run(ota.client.device(node))["firmwareVersion"]
+    assert shown == version, f"the platform shows {node} at {shown}"
+
+
 @then(parsers.parse('the platform shows every node at version "{version}"'))
 def _(ota: Ota, scenario: ScenarioContext, version: str) -> None:
     registry = ota.system.platform_server.platform.registry  # type: ignore[union-attr]
