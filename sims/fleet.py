@@ -84,7 +84,7 @@ class FleetStore:
         arrays = self.fleet.arrays
         if arrays.have[self.row, index]:
             return False
-        self.fleet.air[index] = data
+        self.fleet.air.setdefault(int(arrays.session[self.row]), {})[index] = data
         arrays.have[self.row, index] = True
         arrays.corrupted[self.row, index] = corrupt
         arrays.received[self.row] += 1
@@ -97,8 +97,10 @@ class FleetStore:
         return MissingBlocks.from_bool_array(~self.fleet.arrays.have[self.row])
 
     def image_digest(self, key: bytes, nonce: bytes, size: int) -> bytes:
-        bad = np.flatnonzero(self.fleet.arrays.corrupted[self.row])
-        return self.fleet.image_digest(key, nonce, size, bad.tolist())
+        arrays = self.fleet.arrays
+        bad = np.flatnonzero(arrays.corrupted[self.row])
+        session = int(arrays.session[self.row])
+        return self.fleet.image_digest(session, key, nonce, size, bad.tolist())
 
 
 class FleetPower:
@@ -140,8 +142,8 @@ class SimFleet:
         self.ca = ca or ManufacturerCA.from_seed(f"ota-hil fleet CA {spec.seed}".encode())
         self._forger = ManufacturerCA.from_seed(f"ota-hil forger {spec.seed}".encode())
         self.arrays = FleetArrays(len(self.ids))
-        #: Block data as last broadcast (what a node stores when it hears block i).
-        self.air: dict[int, bytes] = {}
+        #: Block data as broadcast, by session (what a node of that session stores).
+        self.air: dict[int, dict[int, bytes]] = {}
         _, _, versions, faults = spec.per_node()
         self.faults = faults
         self.corrupt_rate = np.array([f.corrupt_writes for f in faults], dtype=float)
@@ -162,7 +164,7 @@ class SimFleet:
             )
             for i in range(len(self.ids))
         ]
-        self._digests: dict[tuple[bytes, bytes, int], bytes] = {}
+        self._digests: dict[tuple[int, bytes, bytes, int], bytes] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -218,7 +220,7 @@ class SimFleet:
         arrays = self.arrays
         if block.index >= arrays.block_count:
             return
-        self.air[block.index] = block.data
+        self.air.setdefault(block.session, {})[block.index] = block.data
         listening = np.flatnonzero(
             (arrays.session == block.session) & ~self.offline & (arrays.off_until <= now)
         )
@@ -251,17 +253,23 @@ class SimFleet:
         """Whether the gateway hears one frame from ``node_id`` (same channel, other way)."""
         return self.channel.deliver_one(self.rng, self.index[node_id])
 
-    def image_digest(self, key: bytes, nonce: bytes, size: int, corrupted: list[int]) -> bytes:
-        """sha256 of the image as a node holds it: the air's blocks, some of them flipped."""
+    def image_digest(
+        self, session: int, key: bytes, nonce: bytes, size: int, corrupted: list[int]
+    ) -> bytes:
+        """sha256 of the image as a node of ``session`` holds it: that session's blocks as
+        broadcast, some of them flipped."""
         if not corrupted:
-            cache = (key, nonce, size)
+            cache = (session, key, nonce, size)
             if cache not in self._digests:
-                self._digests[cache] = self._digest(key, nonce, size, [])
+                self._digests[cache] = self._digest(session, key, nonce, size, [])
             return self._digests[cache]
-        return self._digest(key, nonce, size, corrupted)
+        return self._digest(session, key, nonce, size, corrupted)
 
-    def _digest(self, key: bytes, nonce: bytes, size: int, corrupted: list[int]) -> bytes:
-        blocks = [self.air.get(i, b"") for i in range(self.arrays.block_count)]
+    def _digest(
+        self, session: int, key: bytes, nonce: bytes, size: int, corrupted: list[int]
+    ) -> bytes:
+        air = self.air.get(session, {})
+        blocks = [air.get(i, b"") for i in range(self.arrays.block_count)]
         for i in corrupted:
             if blocks[i]:
                 blocks[i] = bytes([blocks[i][0] ^ 0xFF]) + blocks[i][1:]

@@ -134,8 +134,8 @@ class FaultSpec(BaseModel):
 
     #: Never answers and receives nothing.
     offline: bool = False
-    #: Loses power (reboots) after receiving this block index (0-based).
-    power_loss_at_block: int | None = Field(default=None, ge=0)
+    #: Loses power once it has stored this many blocks, then restarts with its bitmap.
+    power_loss_at_block: int | None = Field(default=None, ge=1)
     #: Loses power while applying the new image.
     power_loss_during_apply: bool = False
     #: Probability that a received block is written to flash corrupted.

@@ -93,10 +93,12 @@ class ByteStore:
     def __init__(self) -> None:
         self.block_count = 0
         self._blocks: list[bytes | None] = []
+        self._held = 0
 
     def reset(self, block_count: int, block_size: int, session: int) -> None:
         self.block_count = block_count
         self._blocks = [None] * block_count
+        self._held = 0
 
     def drop(self) -> None:
         self.reset(0, 0, -1)
@@ -105,10 +107,11 @@ class ByteStore:
         if self._blocks[index] is not None:
             return False
         self._blocks[index] = bytes([data[0] ^ 0xFF]) + data[1:] if corrupt and data else data
+        self._held += 1
         return True
 
     def received(self) -> int:
-        return sum(b is not None for b in self._blocks)
+        return self._held
 
     def missing(self) -> MissingBlocks:
         return MissingBlocks.from_indices(
@@ -216,7 +219,13 @@ class NodeFirmware:
         if isinstance(message, Rejected):
             self.rejected.append(message.reason)
             return []
-        return self.handle(now, message)
+        try:
+            return self.handle(now, message)
+        except ValueError as exc:
+            # An answer the codec cannot carry (a radio too small for this image's report):
+            # the node stays silent rather than crash.
+            self.rejected.append(f"cannot answer {message.kind.name}: {exc}")
+            return []
 
     def awake(self, now: float) -> bool:
         """Bring the node up to ``now``; False while it is powered off or applying."""
@@ -428,6 +437,8 @@ def _older(candidate: str, current: str) -> bool:
     """Whether ``candidate`` is an older version than ``current`` (numeric dot parts first)."""
 
     def key(version: str) -> tuple[tuple[int, str], ...]:
-        return tuple((int(p), "") if p.isdigit() else (-1, p) for p in version.split("."))
+        return tuple(
+            (int(p), "") if p.isascii() and p.isdigit() else (-1, p) for p in version.split(".")
+        )
 
     return key(candidate) < key(current)

@@ -126,3 +126,20 @@ def test_sim_runs_the_example_fleet_file() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "failures" in result.output  # the example has an offline node and a forged one
+
+
+async def test_session_ids_never_repeat_across_gateway_restarts() -> None:
+    """Nodes resume by session id: a restarted gateway must not reuse one."""
+    config = SystemConfig(platform=PlatformConfig(check_interval=0.1))
+    async with OtaSystem(config) as system:
+        ids = []
+        for version in ("2.0.0", "3.0.0"):
+            attached = await attach_fleet(system, FleetSpec(nodes=3, seed=4))
+            assert system.client is not None
+            fw = await system.client.upload_firmware(os.urandom(800), attached.product_id, version)
+            task = await system.client.create_task(fw["id"], mode="push", name=version)
+            await system.client.deploy(task["id"])
+            await _until_final(system.client, task["id"])
+            ids.append(attached.upgrader.sessions[-1].plan.session_id)
+            await system.start_gateway()  # a restart: a new agent and upgrader, same state
+        assert ids[1] > ids[0] >= 1

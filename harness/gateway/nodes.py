@@ -8,7 +8,6 @@ through the session's progress and ends with that node's result.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +58,6 @@ class NodeUpgrader:
         self.response_timeout = response_timeout
         self.session_options = dict(session_options or {})
         self._batches: dict[tuple[str, str], _Batch] = {}
-        self._session_ids = itertools.count(1)
         #: Birth certificates read and checked in earlier sessions (they never change).
         self.certificates: dict[str, BirthCertificate] = {}
         #: Every session run, in order (their metrics are the measurements).
@@ -88,15 +86,18 @@ class NodeUpgrader:
         batch = self._batches.pop(key)
         assert first.image is not None
         try:
+            # The counter never repeats, also across restarts: the session id (its low 16
+            # bits) does not either, so no node resumes blocks of another image.
+            counter = self.state.next_counter()
             plan = SessionPlan.create(
                 first.image.read_bytes(),
                 batch.version,
                 list(batch.jobs),
-                session_id=next(self._session_ids) & 0xFFFF,
+                session_id=counter & 0xFFFF,
                 max_frame=self.link.max_frame,
                 response_timeout=self.response_timeout,
                 ca_public_key=self.ca_public_key,
-                counter=self.state.next_counter(),
+                counter=counter,
                 certificates=dict(self.certificates),
                 **self.session_options,
             )

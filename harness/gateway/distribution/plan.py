@@ -38,6 +38,9 @@ class SessionPlan:
     #: the others, ``passes`` times in all, before it fails (a fade passes meanwhile).
     retries: int = 4
     passes: int = 3
+    #: Seconds between two passes over silent nodes (at least): time to reboot or to come
+    #: out of a fade.
+    pass_interval: float = 2.0
     #: Bitmap rounds before nodes still missing blocks are given up.
     max_rounds: int = 40
     #: Share of a round's candidate blocks it may re-broadcast needlessly to stop polling

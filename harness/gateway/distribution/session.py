@@ -270,11 +270,21 @@ class BroadcastSession:
                     break
         return None
 
+    def _pause(self, since: float) -> _Protocol:
+        """Before trying silent nodes again, let ``pass_interval`` pass since the last try:
+        a node rebooting after a power cut, or in a long fade, gets the time to return."""
+        if self.now < since + self.plan.pass_interval:
+            yield _Sleep(since + self.plan.pass_interval)
+
     def _each(self, nodes: Iterable[str], step: _Step, what: str) -> _Protocol:
         """Run ``step`` for every node; a node that does not answer is tried again after the
         others (a fade passes), up to ``passes`` times, then fails."""
         pending = list(nodes)
-        for _ in range(self.plan.passes):
+        started = self.now
+        for n in range(self.plan.passes):
+            if n:
+                yield from self._pause(started)
+                started = self.now
             deferred = []
             for node in pending:
                 answered = yield from step(node)
@@ -349,6 +359,7 @@ class BroadcastSession:
         for _ in range(self.plan.max_rounds):
             if not active:
                 break
+            round_started = self.now
             candidates = np.zeros(k, dtype=bool)
             for node in active:
                 if node not in bound:
@@ -399,6 +410,8 @@ class BroadcastSession:
             if union.any():
                 self.metrics.repair_rounds += 1
                 yield from self._broadcast_blocks(np.flatnonzero(union).tolist())
+            elif silent:
+                yield from self._pause(round_started)
         for node in active:
             left = int(bound[node].sum()) if node in bound else k
             self._fail(
@@ -516,6 +529,12 @@ class BroadcastSession:
             )
             if not macs_equal(expected, reply.mac):
                 self._fail(node, "status report not authenticated (bad MAC)")
+            elif reply.counter != plan.counter and reply.state is not NodeState.READY:
+                self._fail(
+                    node,
+                    f"status report of start {reply.counter}, not of this session's "
+                    f"{plan.counter} (stale or replayed)",
+                )
             elif reply.state is NodeState.RUNNING_NEW and reply.version == plan.version:
                 self._succeed(node, reply.version)
             elif reply.state is NodeState.ROLLED_BACK:
