@@ -84,6 +84,7 @@ def main() -> None:
         "ideal_bound",
         "repair_rounds",
         "control_share",
+        "polling_share",
         "airtime_s",
         "simulated_s",
     ]
