@@ -13,7 +13,8 @@ Two models:
   frames (bursts of loss), parameterised by the stationary mean loss and the mean length
   of a Bad run.
 
-State is per node and advances only for the frames that node is sent: a node left out of a
+State is per node and ages with time (``advance``), catching up when a node is addressed;
+without ``advance`` it advances only for the frames that node is sent: a node left out of a
 broadcast (finished, dropped, asleep) keeps its channel state.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
@@ -40,14 +41,22 @@ class SimDriver:
         self.env = env or simpy.Environment()
         self.profile = fleet.profile
 
-    def run(self, session: BroadcastSession, on_action: ActionSink | None = None) -> SessionMetrics:
-        """Drive ``session`` to its end; return its metrics with airtime and duration."""
-        process = self.env.process(self._gateway(session, on_action or (lambda action: None)))
+    def run(
+        self,
+        session: BroadcastSession,
+        on_action: ActionSink | None = None,
+        stop: threading.Event | None = None,
+    ) -> SessionMetrics:
+        """Drive ``session`` to its end (or, once ``stop`` is set, cancel it: the nodes get
+        its ABORT); return its metrics with airtime and duration."""
+        process = self.env.process(
+            self._gateway(session, on_action or (lambda action: None), stop or threading.Event())
+        )
         self.env.run(until=process)
         return session.metrics
 
     def _gateway(
-        self, session: BroadcastSession, on_action: ActionSink
+        self, session: BroadcastSession, on_action: ActionSink, stop: threading.Event
     ) -> Generator[simpy.Event, Any, None]:
         env, fleet, profile, metrics = self.env, self.fleet, self.profile, session.metrics
         clock = _ChannelClock(fleet.channel, profile.airtime(profile.max_frame))
@@ -68,7 +77,10 @@ class SimDriver:
                     on_action(action)
 
         perform(session.start(env.now))
-        while not session.done:
+        while not session.done or queue:
+            if stop.is_set() and not session.done:
+                queue.clear()  # what was to be sent is moot; the ABORT goes out next
+                perform(session.cancel(env.now))
             if queue:
                 tx = queue.popleft()
                 name = tx.kind.name
@@ -94,7 +106,7 @@ class SimDriver:
                         metrics.airtime_by_node[tx.to] += on_air
                         if fleet.uplink(tx.to):
                             heapq.heappush(arrivals, (at, next(seq), tx.to, frame))
-                if not queue:
+                if not queue and not session.done:
                     perform(session.transmit_done(env.now))
                 continue
             wake = min(arrivals[0][0] if arrivals else float("inf"), timer or float("inf"))
@@ -108,7 +120,6 @@ class SimDriver:
             elif timer is not None and timer <= env.now:
                 timer = None
                 perform(session.timer_fired(env.now))
-        metrics.duration = session.metrics.duration
 
 
 def _kind_name(frame: bytes) -> str:

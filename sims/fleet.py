@@ -44,6 +44,9 @@ class FleetArrays:
         self.have = np.zeros((nodes, 0), dtype=bool)
         self.corrupted = np.zeros((nodes, 0), dtype=bool)
         self.received = np.zeros(nodes, dtype=np.int64)
+        #: Blocks each node ever stored (never reset): a node that resumed after a power cut
+        #: stores each block once; one that lost its bitmap stores some twice.
+        self.writes = np.zeros(nodes, dtype=np.int64)
         #: Session each node is receiving (-1: none).
         self.session = np.full(nodes, -1, dtype=np.int64)
         self.off_until = np.full(nodes, -np.inf)
@@ -88,6 +91,7 @@ class FleetStore:
         arrays.have[self.row, index] = True
         arrays.corrupted[self.row, index] = corrupt
         arrays.received[self.row] += 1
+        arrays.writes[self.row] += 1
         return True
 
     def received(self) -> int:
@@ -137,8 +141,11 @@ class SimFleet:
         self.profile: RadioProfile = spec.profile()
         self.ids = spec.node_ids()
         self.index = {node_id: i for i, node_id in enumerate(self.ids)}
-        self.rng = np.random.default_rng(spec.seed)
-        self.channel: Channel = spec.channel(self.rng)
+        #: Who hears what (one stream), and what the faults draw (another): changing one
+        #: node's corrupt_writes must not change every other node's receptions.
+        self.rng = spec.rng("air")
+        self.fault_rng = spec.rng("faults")
+        self.channel: Channel = spec.channel(spec.rng("channel"))
         self.ca = ca or ManufacturerCA.from_seed(f"ota-hil fleet CA {spec.seed}".encode())
         self._forger = ManufacturerCA.from_seed(f"ota-hil forger {spec.seed}".encode())
         self.arrays = FleetArrays(len(self.ids))
@@ -160,7 +167,7 @@ class SimFleet:
                 power=FleetPower(self.arrays, i),
                 faults=faults[i],
                 timing=self.timing,
-                rng=self.rng,
+                rng=self.fault_rng,
             )
             for i in range(len(self.ids))
         ]
@@ -233,9 +240,10 @@ class SimFleet:
         arrays.have[new, block.index] = True
         rates = self.corrupt_rate[new]
         if rates.any():
-            bad = new[self.rng.random(new.size) < rates]
+            bad = new[self.fault_rng.random(new.size) < rates]
             arrays.corrupted[bad, block.index] = True
         arrays.received[new] += 1
+        arrays.writes[new] += 1
         at = self.power_loss_at[new]
         for row in new[(at >= 0) & (arrays.received[new] >= at)].tolist():
             self.nodes[row].after_write(now, int(arrays.received[row]))

@@ -22,22 +22,28 @@ class SimNodeLink:
         self.max_frame = fleet.profile.max_frame
         self.driver = SimDriver(fleet)
         self._lock = threading.Lock()
-        #: Metrics of every session run, in order.
-        self.sessions: list[BroadcastSession] = []
 
     async def run(self, session: BroadcastSession, on_action: ActionSink) -> None:
+        """Drive ``session`` on a worker thread. Cancelled, the session is cancelled too
+        (its nodes get an ABORT) and this returns once the thread has stopped."""
         loop = asyncio.get_running_loop()
         inbox = _Inbox(loop, on_action)
+        stop = threading.Event()
 
         def drive() -> None:
             with self._lock:
                 try:
-                    self.driver.run(session, inbox.put)
+                    self.driver.run(session, inbox.put, stop)
                 finally:
                     inbox.flush()
 
-        self.sessions.append(session)
-        await asyncio.to_thread(drive)
+        worker = loop.run_in_executor(None, drive)
+        try:
+            await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            stop.set()
+            await asyncio.wait([worker])
+            raise
         await inbox.drained()
 
     async def inventory(self) -> dict[str, str | None]:
@@ -78,12 +84,14 @@ class _Inbox:
             self._loop.call_soon_threadsafe(self._deliver, batch)
 
     def _deliver(self, batch: list[Action]) -> None:
-        for action in batch:
-            self._sink(action)
-        with self._lock:
-            self._pending -= 1
-            if not self._pending:
-                self._done.set()
+        try:
+            for action in batch:
+                self._sink(action)
+        finally:
+            with self._lock:
+                self._pending -= 1
+                if not self._pending:
+                    self._done.set()
 
     async def drained(self) -> None:
         """Every batch handed over has been delivered."""

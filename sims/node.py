@@ -256,7 +256,7 @@ class NodeFirmware:
             case Key():
                 return self._send(KeyAck(message.session, self._on_key(message)))
             case Start():
-                return self._send(self._on_start(now, message))
+                self._on_start(now, message)  # not answered: the status query reads it
             case StatusQuery():
                 return self._send(self._status(message.session))
             case Resend():
@@ -306,8 +306,9 @@ class NodeFirmware:
     def _on_query(self, query: BitmapQuery) -> list[bytes]:
         if not self._knows(query.session):
             return self._send(self._status(query.session, NodeError.NO_IMAGE))
-        frames = self._send(BitmapReport(query.session, self.store.missing()))
-        if query.want_cert:
+        missing = self.store.missing()
+        frames = self._send(BitmapReport(query.session, missing))
+        if query.want_cert and missing.complete:
             frames += self._send(Cert(query.session, self.identity.certificate.encode()))
         return frames
 
@@ -337,9 +338,11 @@ class NodeFirmware:
         self.state = NodeState.READY
         return KeyStatus.OK
 
-    def _on_start(self, now: float, start: Start) -> Status:
-        def refuse(error: NodeError) -> Status:
-            return self._status(start.session, error)
+    def _on_start(self, now: float, start: Start) -> None:
+        """Apply, or keep the refusal in ``error`` for the next status to tell."""
+
+        def refuse(error: NodeError) -> None:
+            self.error = error
 
         if not self._knows(start.session) or self._mac_key is None:
             return refuse(NodeError.NO_IMAGE)
@@ -357,7 +360,7 @@ class NodeFirmware:
         if not macs_equal(expected, start.mac):
             return refuse(NodeError.BAD_MAC)
         if start.counter == self.last_counter and not self._image_ok:
-            return self._status(start.session)  # this start again (its answer was lost)
+            return None  # this start again: already applied or applying
         if start.counter <= self.last_counter:
             return refuse(NodeError.REPLAYED)
         if not self._image_ok:
@@ -369,7 +372,12 @@ class NodeFirmware:
         self.state = NodeState.APPLYING
         self.error = NodeError.NONE
         self._apply_done_at = now + self.timing.apply_time
-        return self._status(start.session)
+        if self.faults.power_loss_during_apply:
+            # The supply fails half way through: off for a while, then the old slot boots.
+            outage = self.timing.apply_time / 2 + self.timing.power_off_time
+            self.power.cut(now, outage)
+            self._apply_done_at = now + outage
+        return None
 
     def _finish_apply(self) -> None:
         assert self._pending is not None

@@ -104,6 +104,8 @@ def nothing_bricked(fleet: SimFleet, session: BroadcastSession, old: str, new: s
         assert running in (old, new), (node_id, running)
         if result.ok:
             assert (running, result.version, result.reason) == (new, new, None), result
+        elif "after the start" in (result.reason or ""):
+            assert running in (old, new), (result, running)  # canceled while applying
         else:
             assert running == old and result.reason, (result, running)
 
@@ -147,7 +149,7 @@ def test_every_node_is_upgraded(radio: str, loss: float, burst: float) -> None:
         (FaultSpec(fail_self_test=True), "rolled back to 1.0.0"),
         (FaultSpec(corrupt_writes=1.0), "image check failed"),
         (FaultSpec(refuse_key_exchange=True), "key exchange refused"),
-        (FaultSpec(slow_answer=1.0), "no answer"),
+        (FaultSpec(slow_answer=30.0), "no answer"),  # beyond every try's wait
     ],
     ids=lambda v: v if isinstance(v, str) else next(iter(v.model_fields_set)),
 )
@@ -169,8 +171,8 @@ def test_an_offline_node_is_said_to_be_offline() -> None:
     fleet = fault_fleet(FaultSpec(offline=True))
     session, metrics, _ = run(fleet, make_plan(fleet))
     reason = session.results[fleet.ids[2]].reason
-    assert reason == "no answer to 12 bitmap queries (offline?)"
-    assert metrics.timeouts == 12
+    assert reason == "no answer to 18 bitmap queries (offline?)"
+    assert metrics.timeouts == 18  # 6 tries in each of 3 rounds, then given up
 
 
 def test_a_forged_certificate_is_not_kept_and_no_key_is_sent_for_it() -> None:
@@ -182,10 +184,10 @@ def test_a_forged_certificate_is_not_kept_and_no_key_is_sent_for_it() -> None:
     assert metrics.received_frames["KEY_ACK"] == len(fleet.ids) - 1
 
 
-@pytest.mark.parametrize(("slow", "late"), [(0.01, False), (0.1, True)])
+@pytest.mark.parametrize(("slow", "late"), [(0.01, False), (0.1, True), (0.5, True)])
 def test_a_slow_node_within_the_retries_still_succeeds(slow: float, late: bool) -> None:
-    """0.1 s is twice the 324 response timeout: each answer comes late, and the session
-    takes it while it waits for the answer to a later try of the same question."""
+    """0.1 and 0.5 s are 2x and 10x the 324 response timeout: answers come late, and the
+    session waits longer for that node from then on."""
     fleet = fault_fleet(FaultSpec(slow_answer=slow))
     assert fleet.profile.response_timeout == 0.05
     session, metrics, _ = run(fleet, make_plan(fleet))
@@ -335,7 +337,7 @@ def test_cancel_fails_every_node_and_tells_them_to_abort() -> None:
     assert Reassembler().feed(aborts[0].frames[0]) == Abort(9, AbortReason.CANCELED)
     results = [a for a in canceled if isinstance(a, NodeResult)]
     assert sorted(r.node for r in results) == fleet.ids
-    assert all(not r.ok and r.reason == "canceled by the operator" for r in results)
+    assert all(not r.ok and r.reason.startswith("canceled by the operator") for r in results)
     assert session.results == {r.node: r for r in results}
     assert metrics.duration > 0
     assert session.cancel(99.0) == []  # done: nothing more
@@ -358,7 +360,7 @@ def test_cancel_keeps_the_results_already_given() -> None:
     late = [a for a in canceled if isinstance(a, NodeResult)]
     assert sorted(r.node for r in done + late) == fleet.ids
     assert session.results[done[0].node] == done[0]
-    assert all(r.reason == "canceled by the operator" for r in late)
+    assert all(r.reason.startswith("canceled by the operator") for r in late)
     nothing_bricked(fleet, session, OLD, NEW)
 
 
@@ -375,7 +377,8 @@ def test_metrics_of_200_nodes_at_10_percent_loss_against_the_arq_bound() -> None
     assert m.airtime["BLOCK"] > 0 and m.data_airtime == m.airtime["BLOCK"]
     assert 0 < m.control_share < 1 and m.duration > 0
     assert m.announce_frames >= 9  # twice, then before each eighth of the first pass
-    assert m.received_frames["CERT"] == m.received_frames["KEY_ACK"] == 200
+    assert m.received_frames["KEY_ACK"] == 200
+    assert m.received_frames["CERT"] >= 200  # a report's certificate may come twice
     assert sum(m.airtime_by_node.values()) < m.total_airtime
     d = m.to_dict()
     assert d["data_broadcasts"] == m.data_broadcasts and d["control_share"] == round(
@@ -753,22 +756,20 @@ def test_plan_digest_is_of_the_plaintext_and_the_ciphertext_differs_per_seed() -
     assert BroadcastSession(a).block_count == 76
 
 
-def test_by_hand_a_lost_start_answer_is_not_a_failure() -> None:
-    """The START's answer lost: the session tries the same START again; a node already
-    done applying answers it (same counter), it is not refused as a replay."""
+def test_by_hand_a_lost_start_is_sent_again_when_the_status_says_ready() -> None:
+    """A START is not answered; lost on the way, the node is still READY when its status is
+    read, and the session starts it again."""
     lost = []
 
-    def lose_first_start_answer(node: str, raw: bytes, kind: FrameKind) -> bytes | None:
-        if node == "n0" and kind is FrameKind.STATUS and not lost:
-            status = _message(raw)
-            if isinstance(status, Status) and status.state is NodeState.APPLYING:
-                lost.append(status)
-                return None
+    def lose_first_start(node: str, raw: bytes, tx: Transmit) -> bytes | None:
+        if node == "n0" and tx.kind is FrameKind.START and not lost:
+            lost.append(raw)
+            return None
         return raw
 
     nodes = hand_nodes(timing=NodeTiming(apply_time=0.01))
     session = BroadcastSession(hand_plan())
-    air = Air(session, nodes, up=lose_first_start_answer).run()
+    air = Air(session, nodes, down=lose_first_start).run()
     assert lost and session.results["n0"].ok and nodes[0].running_version == NEW
     assert [t.kind for t in air.transmits("n0")].count(FrameKind.START) == 2
     assert nodes[0].error is NodeError.NONE and nodes[0].last_counter == 1

@@ -109,7 +109,10 @@ def sim_command(
             )
     except (FleetFileError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    run = run_standalone(spec, image_size)
+    try:
+        run = run_standalone(spec, image_size)
+    except ValueError as exc:  # e.g. an image too big for the protocol's block count
+        raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(run.to_dict(), indent=2))
         return
@@ -152,6 +155,7 @@ def _table(r: dict[str, Any]) -> str:
             f"{total:,.1f} s: data {data:,.1f} s, control {total - data:,.1f} s "
             f"({m['control_share']:.1%})",
         ),
+        ("per node", _per_node(m["airtime_by_node"])),
         ("duration", f"{m['duration']:,.1f} s simulated in {r['wall_seconds']:.2f} s"),
     ]
     width = max(len(k) for k, _ in lines)
@@ -168,3 +172,14 @@ def _table(r: dict[str, Any]) -> str:
         if len(r["failures"]) > 20:
             out.append(f"  ... and {len(r['failures']) - 20} more")
     return "\n".join(out)
+
+
+def _per_node(airtime: dict[str, float]) -> str:
+    if not airtime:
+        return "no unicast airtime"
+    busiest = max(airtime, key=airtime.__getitem__)
+    mean = sum(airtime.values()) / len(airtime)
+    return (
+        f"unicast airtime {mean * 1000:,.0f} ms on average, most {airtime[busiest] * 1000:,.0f}"
+        f" ms ({busiest})"
+    )

@@ -136,6 +136,10 @@ class GatewayAgent:
 
     async def stop(self) -> None:
         await cancel_and_wait(*(task for _, task in list(self.jobs.values())))
+        for kind in self.upgraders.kinds():
+            close = getattr(self.upgraders.get(kind), "close", None)
+            if close is not None:
+                await close()
         if self.mqtt is not None:
             # The interrupted jobs' last progress should still reach the platform.
             with contextlib.suppress(TimeoutError):
@@ -145,9 +149,14 @@ class GatewayAgent:
 
     def attach(self, upgrader: Upgrader, nodes: dict[str, str | None]) -> None:
         """Take ``nodes`` (child id -> version, where known) as child devices upgraded by
-        ``upgrader``, and report their versions to the platform."""
-        if self.upgraders.get(upgrader.kind) is None:
+        ``upgrader``, and report their versions to the platform. One upgrader per kind."""
+        registered = self.upgraders.get(upgrader.kind)
+        if registered is None:
             self.upgraders.register(upgrader)
+        elif registered is not upgrader:
+            raise ValueError(
+                f"nodes of kind {upgrader.kind!r} are already attached through another link"
+            )
         known = {node: version for node, version in nodes.items() if version is not None}
         self.state.set_versions(known)
         for node, version in nodes.items():
@@ -354,6 +363,8 @@ class GatewayAgent:
         except UpgradeFailed as exc:
             log.warning("%s: upgrade of %s failed: %s", self.device_id, job.device_id, exc)
             reporter.fail(str(exc))
+            if exc.version is not None:
+                self.report(job.topic, exc.version)
         except asyncio.CancelledError:
             reporter.fail("upgrade interrupted: the gateway is shutting down")
             raise

@@ -16,7 +16,12 @@ from ..protocol import FirmwareFields, FirmwareTopic, UpgradeProgress
 
 
 class UpgradeFailed(Exception):
-    """An upgrade step failed; the message becomes the record's errorReason."""
+    """An upgrade step failed; the message becomes the record's errorReason. ``version`` is
+    what the device runs afterwards, when it said so (reported to the platform)."""
+
+    def __init__(self, reason: str, version: str | None = None) -> None:
+        super().__init__(reason)
+        self.version = version
 
 
 @dataclass

@@ -75,6 +75,7 @@ class SessionMetrics:
             "late_messages": self.late_messages,
             "rejected_frames": self.rejected_frames,
             "airtime": {k: round(v, 6) for k, v in self.airtime.items()},
+            "airtime_by_node": {k: round(v, 6) for k, v in sorted(self.airtime_by_node.items())},
             "total_airtime": round(self.total_airtime, 6),
             "control_share": round(self.control_share, 6),
             "polling_share": round(self.polling_share, 6),

@@ -36,7 +36,7 @@ class SessionPlan:
     allow_downgrade: bool = False
     #: Tries of a unicast step in a row; a node that never answers is tried again after
     #: the others, ``passes`` times in all, before it fails (a fade passes meanwhile).
-    retries: int = 4
+    retries: int = 6
     passes: int = 3
     #: Seconds between two passes over silent nodes (at least): time to reboot or to come
     #: out of a fade.

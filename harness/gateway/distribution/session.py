@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from ...nodeproto.certs import BirthCertificate, CertificateError, verify_certificate
-from ...nodeproto.crypto import macs_equal, start_mac, status_mac, wrap_image_key
+from ...nodeproto.crypto import (
+    KeyExchangeError,
+    macs_equal,
+    start_mac,
+    status_mac,
+    wrap_image_key,
+)
 from ...nodeproto.frames import (
     START_DIGEST_SIZE,
     Abort,
@@ -58,6 +64,9 @@ from ...nodeproto.frames import (
 from ...nodeproto.link import Action, NodeProgress, NodeResult, SetTimer, Transmit
 from .metrics import SessionMetrics
 from .plan import SessionPlan
+
+#: A slow node's response timeout grows up to this many times the radio's.
+MAX_SLOWDOWN = 16
 
 #: Where each phase puts a node's progress (0..100 of the node upgrade).
 PROGRESS = {"transfer": 60.0, "complete": 80.0, "key": 85.0, "started": 90.0}
@@ -130,6 +139,10 @@ class BroadcastSession:
         self._started_at: float | None = None
         self._out: list[Action] = []
         self._reassemblers: dict[str, Reassembler] = {}
+        #: Birth certificates nodes sent with their last bitmap report (want_cert).
+        self._offered: dict[str, bytes] = {}
+        #: Factor on the response timeout of nodes that answered late.
+        self._slow: dict[str, int] = {}
         self._block_frames: list[bytes] | None = None
 
     # -- events ----------------------------------------------------------------------------
@@ -165,6 +178,9 @@ class BroadcastSession:
             self.metrics.rejected_frames += 1
             return []
         self.metrics.received_frames[message.kind.name] += 1
+        offered = isinstance(message, Cert) and message.session == self.plan.session_id
+        if offered:
+            self._offered[node] = message.certificate  # type: ignore[union-attr]
         if (
             isinstance(waiting, _Send)
             and waiting.to == node
@@ -172,7 +188,12 @@ class BroadcastSession:
             and message.session == self.plan.session_id
         ):
             return self._resume(now, message)
+        if offered:
+            return []  # a certificate sent with a report: kept for the key exchange
         self.metrics.late_messages += 1
+        if message.session == self.plan.session_id:
+            # An answer after we gave up waiting: this node is slow, wait longer for it.
+            self._slow[node] = min(self._slow.get(node, 1) * 2, MAX_SLOWDOWN)
         return []
 
     def timer_fired(self, now: float) -> list[Action]:
@@ -194,8 +215,13 @@ class BroadcastSession:
             encode(Abort(self.plan.session_id, AbortReason.CANCELED), self.plan.max_frame)
         )
         self._out.append(Transmit(frames, None, FrameKind.ABORT))
+        started = getattr(self, "_started", {})
         for node in self.plan.nodes:
-            self._fail(node, reason)
+            if node in started:
+                # Applying or applied already: an ABORT does not undo a started upgrade.
+                self._fail(node, f"{reason} after the start (the node may run the new image)")
+            else:
+                self._fail(node, reason)
         self._finish(now)
         return self._take()
 
@@ -211,7 +237,12 @@ class BroadcastSession:
         self._waiting = request
         self._sent = False
         self._deadline = None
-        if isinstance(request, _Send):
+        if isinstance(request, _Send) and not request.frames:
+            # Nothing to send, only an answer to wait for (the rest of what a node sends).
+            self._sent = True
+            self._deadline = now + request.timeout
+            self._out.append(SetTimer(self._deadline))
+        elif isinstance(request, _Send):
             self._out.append(Transmit(request.frames, request.to, request.kind))
             if request.kind is FrameKind.ANNOUNCE:
                 self.metrics.announce_frames += len(request.frames)
@@ -234,14 +265,16 @@ class BroadcastSession:
     def _progress(self, nodes: Iterable[str], value: float, phase: str) -> None:
         self._out.extend(NodeProgress(n, value, phase) for n in nodes)
 
-    def _fail(self, node: str, reason: str) -> None:
+    def _fail(self, node: str, reason: str, version: str | None = None) -> None:
+        """``node`` failed; ``version`` is what it runs, when it said so."""
         if node not in self.results:
-            self.results[node] = NodeResult(node, False, reason)
+            self.results[node] = NodeResult(node, False, reason, version)
             self._out.append(self.results[node])
 
     def _succeed(self, node: str, version: str) -> None:
-        self.results[node] = NodeResult(node, True, None, version)
-        self._out.append(self.results[node])
+        if node not in self.results:
+            self.results[node] = NodeResult(node, True, None, version)
+            self._out.append(self.results[node])
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -298,7 +331,8 @@ class BroadcastSession:
             self._fail(node, f"no answer to the {what} after {tries} tries (offline?)")
 
     def _timeout(self, node: str) -> float:
-        return self.plan.response_timeout
+        """The response timeout for ``node``, longer for a node whose answers came late."""
+        return self.plan.response_timeout * self._slow.get(node, 1)
 
     def _protocol(self) -> _Protocol:
         plan = self.plan
@@ -327,9 +361,9 @@ class BroadcastSession:
         yield from self._each(complete, self._exchange_key, "key exchange")
         self._started: dict[str, float] = {}
         ready = [n for n in complete if n in self._mac_keys]
-        yield from self._each(ready, self._start, "start")
-        started = [n for n in ready if n in self._started]
-        yield from self._each(started, self._verify, "status query after the start")
+        for node in ready:
+            yield from self._start(node)
+        yield from self._verify_all(ready)
 
     def _broadcast_blocks(self, indices: Iterable[int]) -> _Protocol:
         if self._block_frames is None:
@@ -372,7 +406,7 @@ class BroadcastSession:
             still: list[str] = []
             estimate = _UnionEstimate(int(candidates.sum()), self.plan.repair_waste)
             for i, node in enumerate(order):
-                report = yield from self._poll(node)
+                report = yield from self._poll(node, node in bound and bound[node].sum() <= 3)
                 if report is _GONE:
                     continue
                 if report is None:
@@ -380,6 +414,7 @@ class BroadcastSession:
                     if silent[node] < self.plan.passes:
                         still.append(node)
                     else:
+                        del silent[node]
                         tries = self.plan.passes * self.plan.retries
                         self._fail(node, f"no answer to {tries} bitmap queries (offline?)")
                     continue
@@ -421,40 +456,60 @@ class BroadcastSession:
             )
         return complete
 
-    def _poll(self, node: str) -> _ProtocolReturning:
+    def _poll(self, node: str, likely_done: bool = False) -> _ProtocolReturning:
         """A node's bitmap report; None if it did not answer, _GONE if it failed for good.
-        A node that missed the announce (it answers with a status) gets it again."""
-        query = BitmapQuery(self.plan.session_id)
+        A node that missed the announce (it answers with a status) gets it again. A node
+        likely done is asked for its birth certificate in the same exchange."""
+        want_cert = likely_done and not self._certificate(node)
+        query = BitmapQuery(self.plan.session_id, want_cert=want_cert)
+        expect = (FrameKind.BITMAP_REPORT, FrameKind.STATUS)
         for _ in range(self.plan.retries):
-            reply = yield from self._ask(node, query, FrameKind.BITMAP_REPORT, FrameKind.STATUS)
+            reply = yield from self._ask(node, query, *expect)
             if reply is None or isinstance(reply, BitmapReport):
                 if reply is not None and reply.missing.count != self.block_count:
                     got = reply.missing.count
                     self._fail(node, f"bitmap report for {got} blocks, not {self.block_count}")
                     return _GONE
+                if (
+                    reply is not None
+                    and want_cert
+                    and reply.missing.complete
+                    and node not in self._offered
+                ):
+                    # Its certificate follows the report: let it finish before we talk.
+                    listen = frozenset({FrameKind.CERT})
+                    yield _Send((), node, FrameKind.CERT, listen, self._timeout(node))
                 return reply
             yield _Send(self._announce, node, FrameKind.ANNOUNCE)
-        return None
+        self._fail(node, f"the node never took the session announce ({self.plan.retries} tries)")
+        return _GONE
 
     def _exchange_key(self, node: str) -> _ProtocolReturning:
         """The node's image key, wrapped against its birth certificate. False: no answer."""
         plan = self.plan
-        cert = plan.certificates.get(node) or self.certificates.get(node)
+        cert = self._certificate(node)
         if cert is None:
-            reply = yield from self._ask(node, CertRequest(plan.session_id), FrameKind.CERT)
-            if reply is None:
-                return False
-            assert isinstance(reply, Cert)
+            raw = self._offered.get(node)
+            if raw is None:
+                reply = yield from self._ask(node, CertRequest(plan.session_id), FrameKind.CERT)
+                if reply is None:
+                    return False
+                assert isinstance(reply, Cert)
+                raw = reply.certificate
             try:
-                cert = BirthCertificate.decode(reply.certificate)
+                cert = BirthCertificate.decode(raw)
                 verify_certificate(cert, plan.ca_public_key, node_id=node)
             except CertificateError as exc:
                 self._fail(node, f"birth certificate refused: {exc}")
                 return True
             self.certificates[node] = cert
-        envelope, mac_key = wrap_image_key(
-            plan.image_key, cert.public_key, plan.key_context, self._ephemeral(node)
-        )
+        try:
+            envelope, mac_key = wrap_image_key(
+                plan.image_key, cert.public_key, plan.key_context, self._ephemeral(node)
+            )
+        except KeyExchangeError as exc:
+            self._fail(node, f"cannot wrap the image key for this certificate: {exc}")
+            return True
         key = Key(plan.session_id, envelope.encode())
         ack = yield from self._ask(node, key, FrameKind.KEY_ACK)
         if ack is None:
@@ -466,6 +521,10 @@ class BroadcastSession:
         self._mac_keys[node] = mac_key
         self._progress([node], PROGRESS["key"], "key exchange")
         return True
+
+    def _certificate(self, node: str) -> BirthCertificate | None:
+        """The node's birth certificate if already read and verified (now or before)."""
+        return self.plan.certificates.get(node) or self.certificates.get(node)
 
     def _ephemeral(self, node: str) -> bytes | None:
         seed = self.plan.key_seed
@@ -492,69 +551,98 @@ class BroadcastSession:
             allow_downgrade=plan.allow_downgrade,
         )
 
-    def _start(self, node: str) -> _ProtocolReturning:
-        """The authenticated start. False: no answer."""
-        reply = yield from self._ask(node, self._start_message(node), FrameKind.STATUS)
-        if reply is not None:
-            assert isinstance(reply, Status)
-            if reply.error is not NodeError.NONE:
-                why = _NODE_ERRORS.get(reply.error, reply.error.name)
-                self._fail(node, f"the node refused the start: {why}")
-                return True
-        # No answer may mean the answer was lost and the node is rebooting into the new
-        # image, deaf meanwhile: the status read after the apply time tells which.
+    def _start(self, node: str) -> _Protocol:
+        """The authenticated start, sent once and not answered: the node may be rebooting
+        into the new image at once. What became of it is the verify step's to read."""
+        yield _Send(self._encode(self._start_message(node)), node, FrameKind.START)
         self._started[node] = self.now
         self._progress([node], PROGRESS["started"], "start")
-        return True
+
+    def _verify_all(self, nodes: list[str]) -> _Protocol:
+        """Read every started node's status back, in rounds: a node still READY (its START
+        was lost) is started again and read in the next round, after the others, so no one
+        waits out its apply time alone; a silent node gets ``passes`` rounds."""
+        plan = self.plan
+        pending, silent = list(nodes), dict.fromkeys(nodes, 0)
+        started = self.now
+        for n in range(plan.retries * plan.passes):
+            if not pending:
+                return
+            if n and any(silent[node] for node in pending):
+                yield from self._pause(started)  # a rebooting node needs the time
+            started = self.now
+            again = []
+            for node in sorted(pending, key=self._started.__getitem__):
+                ready_at = self._started[node] + plan.apply_time
+                if self.now < ready_at:
+                    yield _Sleep(ready_at)
+                outcome = yield from self._verify(node)
+                if outcome is _AGAIN:
+                    again.append(node)
+                elif outcome is None:
+                    silent[node] += 1
+                    if silent[node] < plan.passes:
+                        again.append(node)
+                    else:
+                        tries = plan.passes * plan.retries
+                        self._fail(
+                            node,
+                            f"no answer to the status query after the start after "
+                            f"{tries} tries (offline?)",
+                        )
+            pending = again
+        tries = plan.retries * plan.passes
+        for node in pending:
+            self._fail(node, f"the node did not take the start after {tries} tries")
 
     def _verify(self, node: str) -> _ProtocolReturning:
-        """Read the version back; success only on an authenticated report of the new one.
-        A node still READY never heard the start: it is started again. False: no answer."""
+        """One status read: success only on an authenticated report of the new version
+        under this session's counter. _AGAIN: still READY, started again; None: silent."""
         plan = self.plan
-        for attempt in range(self.plan.retries):
-            ready_at = self._started[node] + plan.apply_time
-            if self.now < ready_at:
-                yield _Sleep(ready_at)
-            reply = yield from self._ask(node, StatusQuery(plan.session_id), FrameKind.STATUS)
-            if reply is None:
-                return False
-            assert isinstance(reply, Status)
-            expected = status_mac(
-                self._mac_keys[node],
+        reply = yield from self._ask(node, StatusQuery(plan.session_id), FrameKind.STATUS)
+        if reply is None:
+            return None
+        assert isinstance(reply, Status)
+        expected = status_mac(
+            self._mac_keys[node],
+            node,
+            int(reply.state),
+            int(reply.error),
+            reply.counter,
+            reply.version,
+        )
+        why = _NODE_ERRORS.get(reply.error, reply.error.name)
+        if not macs_equal(expected, reply.mac):
+            self._fail(node, "status report not authenticated (bad MAC)")
+        elif reply.state is NodeState.READY and reply.error is not NodeError.NONE:
+            self._fail(node, f"the node refused the start: {why}", reply.version)
+        elif reply.state is NodeState.READY:
+            yield from self._start(node)  # the start was lost on the way
+            return _AGAIN
+        elif reply.counter != plan.counter:
+            self._fail(
                 node,
-                int(reply.state),
-                int(reply.error),
-                reply.counter,
+                f"status report of start {reply.counter}, not of this session's "
+                f"{plan.counter} (stale or replayed)",
+            )
+        elif reply.state is NodeState.RUNNING_NEW and reply.version == plan.version:
+            self._succeed(node, reply.version)
+        elif reply.state is NodeState.ROLLED_BACK:
+            self._fail(node, f"rolled back to {reply.version}: {why}", reply.version)
+        else:
+            self._fail(
+                node,
+                f"after the start the node is {reply.state.name} at version "
+                f"{reply.version} ({reply.error.name})",
                 reply.version,
             )
-            if not macs_equal(expected, reply.mac):
-                self._fail(node, "status report not authenticated (bad MAC)")
-            elif reply.counter != plan.counter and reply.state is not NodeState.READY:
-                self._fail(
-                    node,
-                    f"status report of start {reply.counter}, not of this session's "
-                    f"{plan.counter} (stale or replayed)",
-                )
-            elif reply.state is NodeState.RUNNING_NEW and reply.version == plan.version:
-                self._succeed(node, reply.version)
-            elif reply.state is NodeState.ROLLED_BACK:
-                why = _NODE_ERRORS.get(reply.error, reply.error.name)
-                self._fail(node, f"rolled back to {reply.version}: {why}")
-            elif reply.state is NodeState.READY and attempt + 1 < self.plan.retries:
-                yield from self._start(node)
-                continue
-            else:
-                self._fail(
-                    node,
-                    f"after the start the node is {reply.state.name} at version "
-                    f"{reply.version} ({reply.error.name})",
-                )
-            return True
         return True
 
 
 #: _poll's answer for a node that failed for good (as opposed to None: no answer).
 _GONE = object()
+#: _verify's answer for a node started again (its START was lost).
+_AGAIN = object()
 
 
 class _UnionEstimate:
