@@ -31,21 +31,21 @@ async def attach_fleet(
     fleet = SimFleet(spec)
     link = SimNodeLink(fleet)
     kind = f"node-{spec.kind}"
+    if system.gateway.upgraders.get(kind) is not None:
+        raise ValueError(f"the gateway already has {kind} nodes: one fleet per node kind")
     registry = system.platform_server.platform.registry
     registry.add_product(kind, f"{spec.kind} node")
     for node_id in fleet.ids:
         registry.add_device(node_id, kind, parent_id=system.config.gateway_id)
     gateway = system.gateway
-    upgrader = gateway.upgraders.get(kind)
-    if not isinstance(upgrader, NodeUpgrader):
-        upgrader = NodeUpgrader(
-            kind,
-            link,
-            gateway.state,
-            fleet.ca.public_key,
-            batch_window=batch_window,
-            response_timeout=fleet.profile.response_timeout,
-            session_options={"apply_time": 2 * fleet.timing.apply_time},
-        )
+    upgrader = NodeUpgrader(
+        kind,
+        link,
+        gateway.state,
+        fleet.ca.public_key,
+        batch_window=batch_window,
+        response_timeout=fleet.profile.response_timeout,
+        session_options={"apply_time": 2 * fleet.timing.apply_time},
+    )
     gateway.attach(upgrader, await link.inventory())
     return AttachedFleet(fleet, link, upgrader, kind)

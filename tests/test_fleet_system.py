@@ -143,3 +143,42 @@ async def test_session_ids_never_repeat_across_gateway_restarts() -> None:
             ids.append(attached.upgrader.sessions[-1].plan.session_id)
             await system.start_gateway()  # a restart: a new agent and upgrader, same state
         assert ids[1] > ids[0] >= 1
+
+
+async def test_a_second_fleet_of_the_same_kind_is_refused() -> None:
+    async with OtaSystem(SystemConfig()) as system:
+        await attach_fleet(system, FleetSpec(nodes=2, seed=1))
+        try:
+            await attach_fleet(system, FleetSpec(nodes=2, seed=2, id_prefix="other-"))
+        except ValueError as exc:
+            assert "node-324" in str(exc)
+        else:
+            raise AssertionError("a second 324 fleet was attached")
+
+
+async def test_stopping_the_gateway_mid_session_aborts_it_and_fails_the_records() -> None:
+    config = SystemConfig(platform=PlatformConfig(check_interval=0.1))
+    async with OtaSystem(config) as system:
+        attached = await attach_fleet(system, FleetSpec(nodes=300, loss=0.1, seed=5))
+        client = system.client
+        assert client is not None
+        fw = await client.upload_firmware(os.urandom(64 * 1024), attached.product_id, "2.0.0")
+        task = await client.create_task(fw["id"], mode="push")
+        await client.deploy(task["id"])
+        async with asyncio.timeout(20):
+            while not attached.upgrader.sessions:
+                await asyncio.sleep(0.01)
+        await system.stop_gateway()  # the session is still on the radio
+        session = attached.upgrader.sessions[0]
+        assert session.done
+        reasons = {r.reason for r in session.results.values() if not r.ok}
+        assert any((why or "").startswith("session canceled") for why in reasons), reasons
+        # Nodes that were not started were told to drop the session.
+        not_started = [
+            n for n, r in session.results.items() if "after the start" not in (r.reason or "")
+        ]
+        rows = [attached.fleet.index[n] for n in not_started]
+        assert rows and (attached.fleet.arrays.session[rows] == -1).mean() > 0.5
+        records = await _until_final(client, task["id"])
+        assert {r["state"] for r in records} == {"failed"}
+        assert all("shutting down" in r["errorReason"] for r in records)
