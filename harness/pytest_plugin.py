@@ -48,6 +48,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where each test's ota-hil log goes, one file per test (default reports/logs, "
         "relative to the rootdir)",
     )
+    group.addoption(
+        "--target",
+        choices=("sim", "rig", "external"),
+        default="sim",
+        help="what the scenarios run against: the simulated fleet (sim), a rig's nodes "
+        "behind a coordinator board (rig), or an external gateway on the harness's broker "
+        "(external); rig and external need --rig",
+    )
+    group.addoption("--rig", default=None, metavar="FILE", help="the rig file (rigs/*.yaml)")
+    group.addoption(
+        "--rig-lock-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for another run to release the rig (default 600)",
+    )
     parser.addini(
         "ota_brokers",
         "broker backends scenarios run on when --broker is not given (space separated)",

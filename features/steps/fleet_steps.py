@@ -7,22 +7,36 @@ import os
 from pytest_bdd import given, parsers, then, when
 
 from harness.pytest_plugin import Ota
-from sims.attach import AttachedFleet, attach_fleet
-from sims.fleetfile import FaultSpec, FleetSpec
+from sims.fleetfile import FaultSpec
 
+from ..targets import NodeFleet, Target
 from .common import ScenarioContext, wait_for
 
 FINAL = {"success", "failed", "canceled"}
 
 
-def _fleet(scenario: ScenarioContext) -> AttachedFleet:
-    attached = scenario.answers.get("fleet")
-    assert attached is not None, "no fleet in this scenario"
-    return attached
+def _fleet(scenario: ScenarioContext) -> NodeFleet:
+    fleet = scenario.answers.get("fleet")
+    assert fleet is not None, "no fleet in this scenario"
+    return fleet
 
 
 def _node_id(scenario: ScenarioContext, index: int) -> str:
-    return _fleet(scenario).fleet.ids[index]
+    return _fleet(scenario).node(index)
+
+
+def _with_fleet(
+    ota: Ota,
+    target: Target,
+    scenario: ScenarioContext,
+    nodes: int,
+    radio: str,
+    loss: float,
+    burst: float,
+) -> None:
+    fleet = target.fleet_for(ota, nodes, radio, loss, burst)
+    scenario.answers["fleet"] = fleet
+    scenario.answers["versions before"] = fleet.versions(ota)
 
 
 @given(
@@ -31,15 +45,21 @@ def _node_id(scenario: ScenarioContext, index: int) -> str:
         "and burst {burst:d}"
     )
 )
-def _(ota: Ota, scenario: ScenarioContext, nodes: int, radio: str, loss: int, burst: int) -> None:
-    spec = FleetSpec(nodes=nodes, radio=radio, loss=loss / 100, burst=burst, seed=nodes + loss)
-    scenario.answers["fleet"] = ota.run(attach_fleet(ota.system, spec))
+def _(
+    ota: Ota,
+    target: Target,
+    scenario: ScenarioContext,
+    nodes: int,
+    radio: str,
+    loss: int,
+    burst: int,
+) -> None:
+    _with_fleet(ota, target, scenario, nodes, radio, loss / 100, burst)
 
 
 @given(parsers.parse("a fleet of {nodes:d} {radio} nodes behind the gateway"))
-def _(ota: Ota, scenario: ScenarioContext, nodes: int, radio: str) -> None:
-    spec = FleetSpec(nodes=nodes, radio=radio, seed=nodes)
-    scenario.answers["fleet"] = ota.run(attach_fleet(ota.system, spec))
+def _(ota: Ota, target: Target, scenario: ScenarioContext, nodes: int, radio: str) -> None:
+    _with_fleet(ota, target, scenario, nodes, radio, 0.0, 1.0)
 
 
 _FAULTS = {
@@ -53,23 +73,22 @@ _FAULTS = {
 
 
 @given(parsers.re(r"node (?P<index>\d+) (?P<fault>" + "|".join(_FAULTS) + ")"))
-def _(scenario: ScenarioContext, index: str, fault: str) -> None:
-    attached = _fleet(scenario)
-    attached.fleet.set_faults(_node_id(scenario, int(index)), _FAULTS[fault])
+def _(target: Target, scenario: ScenarioContext, index: str, fault: str) -> None:
+    target.fault(_node_id(scenario, int(index)), fault, _FAULTS[fault])
 
 
 @given(parsers.parse("node {index:d} loses power after {blocks:d} blocks"))
-def _(scenario: ScenarioContext, index: int, blocks: int) -> None:
-    attached = _fleet(scenario)
-    attached.fleet.set_faults(_node_id(scenario, index), FaultSpec(power_loss_at_block=blocks))
+def _(target: Target, scenario: ScenarioContext, index: int, blocks: int) -> None:
+    spec = FaultSpec(power_loss_at_block=blocks)
+    target.fault(_node_id(scenario, index), f"loses power after {blocks} blocks", spec)
 
 
 def _push(ota: Ota, scenario: ScenarioContext, version: str, kib: int) -> None:
-    attached = _fleet(scenario)
+    fleet = _fleet(scenario)
     client = ota.client
     if scenario.firmware is None or scenario.firmware["version"] != version:
         image = os.urandom(kib * 1024)
-        scenario.firmware = ota.run(client.upload_firmware(image, attached.product_id, version))
+        scenario.firmware = ota.run(client.upload_firmware(image, fleet.product_id, version))
     fw = scenario.firmware
     scenario.task = ota.run(
         client.create_task(fw["id"], name=f"nodes {version}", mode="push", timeoutSeconds=300)
@@ -105,7 +124,7 @@ def _records(ota: Ota, scenario: ScenarioContext) -> dict[str, dict]:
 
 
 def _all_final(ota: Ota, scenario: ScenarioContext, seconds: int) -> dict[str, dict]:
-    nodes = len(_fleet(scenario).fleet) * len(scenario.answers.get("tasks") or [None])
+    nodes = len(_fleet(scenario).ids) * len(scenario.answers.get("tasks") or [None])
     return wait_for(
         lambda: _records(ota, scenario),
         lambda rs: len(rs) == nodes and all(r["state"] in FINAL for r in rs.values()),
@@ -153,8 +172,7 @@ def _(ota: Ota, scenario: ScenarioContext, seconds: int, datatable: list[list[st
 @then(parsers.parse('the platform shows every upgraded node at version "{version}"'))
 def _(ota: Ota, scenario: ScenarioContext, version: str) -> None:
     registry = ota.system.platform_server.platform.registry  # type: ignore[union-attr]
-    fleet = _fleet(scenario).fleet
-    upgraded = [n.node_id for n in fleet if n.running_version == version]
+    upgraded = [n for n, v in _fleet(scenario).versions(ota).items() if v == version]
     assert upgraded, "no node was upgraded"
     wait_for(
         lambda: [registry.get(n).firmware_version for n in upgraded],  # type: ignore[union-attr]
@@ -165,15 +183,16 @@ def _(ota: Ota, scenario: ScenarioContext, version: str) -> None:
 
 
 @then(parsers.parse('every node runs version "{version}"'))
-def _(scenario: ScenarioContext, version: str) -> None:
-    versions = _fleet(scenario).fleet.versions()
+def _(ota: Ota, scenario: ScenarioContext, version: str) -> None:
+    versions = _fleet(scenario).versions(ota)
     wrong = {n: v for n, v in versions.items() if v != version}
     assert not wrong, f"nodes not on {version}: {wrong}"
 
 
 @then(parsers.parse('node {index:d} runs version "{version}"'))
-def _(scenario: ScenarioContext, index: int, version: str) -> None:
-    assert _fleet(scenario).fleet.node(_node_id(scenario, index)).running_version == version
+def _(ota: Ota, scenario: ScenarioContext, index: int, version: str) -> None:
+    node = _node_id(scenario, index)
+    assert _fleet(scenario).versions(ota)[node] == version
 
 
 @then(parsers.parse('the platform shows node {index:d} at version "{version}"'))
@@ -199,7 +218,7 @@ def _(ota: Ota, scenario: ScenarioContext, index: int, version: str) -> None:
 @then(parsers.parse('the platform shows every node at version "{version}"'))
 def _(ota: Ota, scenario: ScenarioContext, version: str) -> None:
     registry = ota.system.platform_server.platform.registry  # type: ignore[union-attr]
-    ids = _fleet(scenario).fleet.ids
+    ids = _fleet(scenario).ids
     wait_for(
         lambda: [registry.get(n).firmware_version for n in ids],  # type: ignore[union-attr]
         lambda vs: all(v == version for v in vs),
@@ -209,25 +228,23 @@ def _(ota: Ota, scenario: ScenarioContext, version: str) -> None:
 
 
 @then("nothing is bricked: every node runs its old or its new image")
-def _(scenario: ScenarioContext) -> None:
-    fleet = _fleet(scenario).fleet
-    olds = fleet.spec.per_node()[2]
+def _(ota: Ota, scenario: ScenarioContext) -> None:
+    before = scenario.answers["versions before"]
     new = scenario.firmware["version"] if scenario.firmware else None
-    bricked = {
-        n.node_id: n.running_version
-        for n, old in zip(fleet, olds, strict=True)
-        if n.running_version not in (old, new)
-    }
+    now = _fleet(scenario).versions(ota)
+    bricked = {n: v for n, v in now.items() if v not in (before[n], new)}
     assert not bricked, bricked
 
 
 @then(parsers.parse("node {index:d} resumed from its bitmap after the power cut"))
-def _(scenario: ScenarioContext, index: int) -> None:
-    fleet = _fleet(scenario).fleet
-    row = index
-    node = fleet.nodes[row]
+def _(target: Target, scenario: ScenarioContext, index: int) -> None:
+    target.require_sim("reading a node's flash")
+    sim = _fleet(scenario).sim
+    assert sim is not None
+    fleet = sim.fleet
+    node = fleet.nodes[index]
     assert node.power.cuts == 1, "the node never lost power"
-    writes, blocks = int(fleet.arrays.writes[row]), fleet.arrays.block_count
+    writes, blocks = int(fleet.arrays.writes[index]), fleet.arrays.block_count
     # Every block stored exactly once: what it held before the cut was kept, not fetched
     # again (a node that lost its bitmap would have stored some blocks twice).
     assert writes == blocks, f"stored {writes} blocks for an image of {blocks}"

@@ -1,4 +1,5 @@
-"""Steps about the reference gateway: online, offline, pulling, its own version."""
+"""Steps about the gateway: online, offline, pulling, its own version. On target external
+the gateway is a separate device, read through the platform."""
 
 from __future__ import annotations
 
@@ -6,23 +7,24 @@ from pytest_bdd import given, parsers, then, when
 
 from harness.pytest_plugin import Ota
 
+from ..targets import Target
 from .common import ScenarioContext, wait_for
 
 
 @given(parsers.parse('the reference gateway is online at version "{version}"'))
-def _(ota: Ota, version: str) -> None:
-    gateway = ota.system.gateway
-    assert gateway is not None, "the reference gateway is not running"
-    assert gateway.version == version, f"gateway runs {gateway.version}, not {version}"
+def _(ota: Ota, target: Target, version: str) -> None:
+    running = target.gateway_version(ota)
+    assert running == version, f"the gateway runs {running}, not {version}"
 
 
 @given("the gateway is offline")
-def _(ota: Ota) -> None:
-    ota.run(ota.system.stop_gateway())
+def _(ota: Ota, target: Target) -> None:
+    target.take_gateway_offline(ota)
 
 
 @when("the gateway asks the platform for firmware")
-def _(ota: Ota, scenario: ScenarioContext) -> None:
+def _(ota: Ota, target: Target, scenario: ScenarioContext) -> None:
+    target.require_in_process_gateway("making the gateway pull")
     gateway = ota.system.gateway
     assert gateway is not None
 
@@ -46,7 +48,5 @@ def _(ota: Ota, scenario: ScenarioContext, code: str) -> None:
 
 
 @then(parsers.parse('the gateway runs version "{version}"'))
-def _(ota: Ota, version: str) -> None:
-    gateway = ota.system.gateway
-    assert gateway is not None
-    assert gateway.version == version
+def _(ota: Ota, target: Target, version: str) -> None:
+    assert target.gateway_version(ota) == version

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .board import board_command
 from .broker import broker_command
 from .certs import certs_command
 from .push import push_command
@@ -32,5 +33,6 @@ for command in (
     broker_command,
     sim_command,
     certs_command,
+    board_command,
 ):
     main.add_command(command)
