@@ -23,6 +23,7 @@ from harness.gateway.nodes import NodeUpgrader
 from harness.platform import PlatformConfig
 from harness.pytest_plugin import Ota
 from harness.system import SystemConfig
+from rigs.console import Console
 from rigs.link import SerialNodeLink
 from rigs.lock import RigLock
 from rigs.power import PowerError, PowerSwitch
@@ -63,14 +64,17 @@ class NodeFleet:
 
 @dataclass
 class RigNodes:
-    """A rig's nodes behind its coordinator, attached to the reference gateway."""
+    """A rig's nodes behind its coordinator, attached to the reference gateway, with their
+    consoles (one log per port per test)."""
 
     rig: Rig
     link: SerialNodeLink
     board: subprocess.Popen[str] | None = None
-    powers: dict[str, PowerSwitch] = field(default_factory=dict)
+    consoles: dict[str, Console] = field(default_factory=dict)
 
     def close(self) -> None:
+        for console in self.consoles.values():
+            console.close()
         self.link.close()
         if self.board is not None:
             self.board.terminate()
@@ -235,6 +239,12 @@ class Target:
         )
         nodes = RigNodes(rig, link, board)
         self._rig_nodes = nodes
+        for node in rig.nodes:
+            if node.console is not None:
+                nodes.consoles[node.id] = Console(
+                    node.console.port, node.console.baud, self.log_dir / f"console-{node.id}.log",
+                    node.id,
+                )
         kind = f"node-{rig.radio}"
         registry = ota.system.platform_server.platform.registry  # type: ignore[union-attr]
         registry.add_product(kind, f"{rig.radio} node")
@@ -248,6 +258,8 @@ class Target:
 
         async def attach() -> NodeUpgrader:
             link.open()
+            if rig.coordinator.reset != "none":
+                link.link.reset_board(rig.coordinator.reset)
             upgrader = NodeUpgrader(
                 kind,
                 link,

@@ -167,8 +167,24 @@ def pytest_runtest_makereport(
     report = yield
     path = item.stash.get(LOG_KEY, None)
     if path is not None and report.failed:
-        report.sections.append(("ota-hil log", f"full log of this test: {path}"))
+        # The test's own log, then one per port (coordinator, consoles, a gateway process).
+        logs = [path, *sorted(path.with_suffix("").glob("*.log"))]
+        lines = [f"full log of this test: {path}"]
+        lines += [f"port log: {p}" for p in logs[1:]]
+        report.sections.append(("ota-hil log", "\n".join(lines)))
+        _attach(logs)
     return report
+
+
+def _attach(logs: list[Path]) -> None:
+    """The logs into the Allure result, when Allure is recording (allure-pytest-bdd)."""
+    try:
+        import allure
+    except ImportError:
+        return
+    for log in logs:
+        if log.exists():
+            allure.attach.file(str(log), name=log.name, attachment_type=allure.attachment_type.TEXT)
 
 
 @pytest.fixture

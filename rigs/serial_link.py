@@ -23,6 +23,7 @@ import serial
 from harness.nodeproto.hostproto import Packet, PacketReader, Rejected, encode_packet
 
 from .ports import read_burst
+from .power import reset_board
 
 log = logging.getLogger("ota_hil.rigs.serial")
 
@@ -131,6 +132,13 @@ class SerialLink:
             self._port = None
         self.log.write("--", "closed")
         self.log.close()
+
+    def reset_board(self, line: str) -> None:
+        """Reset the coordinator through its DTR or RTS line (rig file: coordinator.reset)."""
+        if self._port is None:
+            raise self.failure("cannot reset the board: the port is not open")
+        reset_board(self._port, line)  # type: ignore[arg-type]
+        self.log.write("--", f"board reset through {line.upper()}")
 
     # -- reading ---------------------------------------------------------------------------
 

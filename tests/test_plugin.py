@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -69,3 +71,35 @@ def test_a_failing_test_names_its_log_file(pytester: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines(["*ota-hil log*", "*full log of this test: *test_fails*.log"])
     (log,) = (pytester.path / "reports" / "logs").glob("*test_fails*.log")
     assert "platform REST and files on http://127.0.0.1:" in log.read_text()
+
+
+def test_a_failing_scenario_carries_its_logs_into_allure(pytester: pytest.Pytester) -> None:
+    pytester.makefile(
+        ".feature",
+        broken="Feature: Broken\n  Scenario: It fails\n"
+        "    Given a port that logged, then a failure\n",
+    )
+    pytester.makepyfile(
+        test_broken="""
+        from pytest_bdd import given, scenarios
+
+        scenarios("broken.feature")
+
+        @given("a port that logged, then a failure")
+        def _(ota, ota_log):
+            ports = ota_log.with_suffix("")
+            ports.mkdir(parents=True, exist_ok=True)
+            (ports / "coordinator.log").write_text("<< de ad be ef\\n")
+            raise AssertionError("on purpose")
+        """
+    )
+    results = pytester.path / "allure"
+    outcome = pytester.runpytest(
+        "-p", "no:asyncio", "--broker", "embedded", f"--alluredir={results}"
+    )
+    outcome.assert_outcomes(failed=1)
+    outcome.stdout.fnmatch_lines(["*port log: *coordinator.log"])
+    (result,) = [json.loads(p.read_text()) for p in results.glob("*-result.json")]
+    names = [a["name"] for a in result.get("attachments", [])]
+    assert "coordinator.log" in names, names
+    assert "test_broken.py_test_it_fails.log" in names, names
