@@ -236,13 +236,16 @@ class Target:
             SerialLink(port, rig.coordinator.baud, log_path=self.log_dir / "coordinator.log"),
             {n.id: n.address for n in rig.nodes},
             rig.max_frame,
+            status_timeout=3 * rig.response_timeout,
         )
         nodes = RigNodes(rig, link, board)
         self._rig_nodes = nodes
         for node in rig.nodes:
             if node.console is not None:
                 nodes.consoles[node.id] = Console(
-                    node.console.port, node.console.baud, self.log_dir / f"console-{node.id}.log",
+                    node.console.port,
+                    node.console.baud,
+                    self.log_dir / f"console-{node.id}.log",
                     node.id,
                 )
         kind = f"node-{rig.radio}"

@@ -281,7 +281,16 @@ def test_platform_with_an_unknown_parent_device_is_a_usage_error() -> None:
 
 def test_platform_without_a_broker_fails_with_one_line() -> None:
     result = subprocess.run(
-        [*OTA, "platform", "--broker", "mqtt://127.0.0.1:9", "--log-level", "error"],
+        [
+            *OTA,
+            "platform",
+            "--broker",
+            "mqtt://127.0.0.1:9",
+            "--connect-timeout",
+            "1",
+            "--log-level",
+            "error",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -82,7 +82,7 @@ def test_the_virtual_rig_loads() -> None:
     assert rig.coordinator is not None and rig.coordinator.port == "socket://127.0.0.1:5870"
     assert (rig.max_frame, rig.response_timeout) == (64, 0.1)
     assert (rig.apply_time, rig.pass_interval) == (0.3, 0.5)
-    assert rig.virtual is not None and (rig.virtual.loss, rig.virtual.speed) == (0.1, 20)
+    assert rig.virtual is not None and (rig.virtual.loss, rig.virtual.speed) == (0.1, 40)
 
 
 def test_apply_time_and_pass_interval_default_without_a_coordinator_section() -> None:

@@ -69,6 +69,13 @@ check_interval_option = click.option(
     metavar="PRODUCT/DEVICE[/PARENT]",
     help="Register a device (and its product) at start; repeatable.",
 )
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the broker at start.",
+)
 @log_level_option
 def platform_command(
     broker: BrokerUrl,
@@ -77,6 +84,7 @@ def platform_command(
     public_url: str | None,
     check_interval: float,
     devices: list[list[str]],
+    connect_timeout: float,
     log_level: str,
 ) -> None:
     """Run the mock JetLinks platform: REST API, file server, tasks and scheduler.
@@ -90,7 +98,7 @@ def platform_command(
         broker,
         host=host,
         port=http_port,
-        config=PlatformConfig(check_interval=check_interval),
+        config=PlatformConfig(check_interval=check_interval, connect_timeout=connect_timeout),
         public_url=public_url,
     )
     registry = server.platform.registry

@@ -63,6 +63,8 @@ class PlatformConfig:
     timeout_resolution: float = 0.5
     #: Default wait for a read/reply.
     read_timeout: float = 10.0
+    #: Seconds to wait for the broker when connecting.
+    connect_timeout: float = 10.0
     #: The broker checks clients with :meth:`Platform.authenticate`, so the platform logs
     #: in with its own token; otherwise it uses the broker URL's credentials, if any.
     broker_auth: bool = False
@@ -94,7 +96,7 @@ class Platform:
             credentials=self._credentials if self.config.broker_auth else None,
             logger=logging.getLogger("ota_hil.platform.mqtt"),
         )
-        await self.mqtt.start()
+        await self.mqtt.start(self.config.connect_timeout)
         self._scheduler = asyncio.create_task(self._schedule(), name="platform-scheduler")
 
     async def close(self) -> None:
