@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.pytest_plugin import Ota
+from harness.pytest_plugin import Ota, target_and_rig
 from harness.system import SystemConfig
 from rigs.lock import RigLock
 
@@ -14,13 +14,13 @@ from .steps.common import scenario  # noqa: F401  (fixture)
 from .steps.fleet_steps import *  # noqa: F403
 from .steps.gateway_steps import *  # noqa: F403
 from .steps.platform_steps import *  # noqa: F403
-from .targets import Target, load_target
+from .targets import Target
 
 
 @pytest.fixture(scope="session")
 def _rig_lock(request: pytest.FixtureRequest) -> Iterator[None]:
     """A rig is driven by one run at a time: the whole session holds its lock."""
-    _, rig = load_target(request.config)
+    _, rig = target_and_rig(request.config)
     if rig is None:
         yield
         return
@@ -31,10 +31,16 @@ def _rig_lock(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def target(request: pytest.FixtureRequest, _rig_lock: None, ota_log: Path) -> Target:
-    kind, rig = load_target(request.config)
+    kind, rig = target_and_rig(request.config)
     logs = ota_log.with_suffix("")
     logs.mkdir(parents=True, exist_ok=True)
-    return Target(kind, rig, logs)
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"ota-hil: {line}")
+
+    return Target(kind, rig, logs, say)
 
 
 @pytest.fixture

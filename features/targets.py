@@ -8,12 +8,8 @@ skips the scenario with a reason that says so.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shlex
-import subprocess
-import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,18 +17,17 @@ import pytest
 
 from harness.gateway.nodes import NodeUpgrader
 from harness.platform import PlatformConfig
+from harness.protocol import DeviceSecret
 from harness.pytest_plugin import Ota
 from harness.system import SystemConfig
 from rigs.console import Console
 from rigs.link import SerialNodeLink
-from rigs.lock import RigLock
-from rigs.power import PowerError, PowerSwitch
-from rigs.rigfile import Rig, load_rig, read_certificate
+from rigs.power import NoPowerControl, PowerError, PowerSwitch
+from rigs.processes import ChildProcess, ProcessError, start_gateway_command, start_virtual_board
+from rigs.rigfile import Rig, read_certificate
 from rigs.serial_link import SerialLink
 from sims.attach import AttachedFleet, attach_fleet
 from sims.fleetfile import FaultSpec, FleetSpec
-
-TARGETS = ("sim", "rig", "external")
 
 
 def skip(reason: str) -> None:
@@ -65,60 +60,83 @@ class NodeFleet:
 @dataclass
 class RigNodes:
     """A rig's nodes behind its coordinator, attached to the reference gateway, with their
-    consoles (one log per port per test)."""
+    consoles (one log per port per test) and the nodes a scenario powered off."""
 
     rig: Rig
     link: SerialNodeLink
-    board: subprocess.Popen[str] | None = None
+    board: ChildProcess | None = None
     consoles: dict[str, Console] = field(default_factory=dict)
+    powered_off: set[str] = field(default_factory=set)
 
     def close(self) -> None:
+        """Power back on what the scenario switched off, then release the ports."""
+        for node in sorted(self.powered_off):
+            try:
+                PowerSwitch.for_node(self.rig, node).on()
+            except PowerError as exc:
+                pytest.fail(f"could not power {node} back on after the scenario: {exc}")
+        self.powered_off.clear()
         for console in self.consoles.values():
             console.close()
         self.link.close()
         if self.board is not None:
-            self.board.terminate()
-            try:
-                self.board.wait(5)
-            except subprocess.TimeoutExpired:
-                self.board.kill()
+            self.board.stop(grace=5)
 
 
 class Target:
     """One target for one scenario: builds the system's config, then what the system alone
-    does not give (a rig's nodes, an external gateway process)."""
+    does not give (a rig's nodes, an external gateway process).
 
-    def __init__(self, kind: str, rig: Rig | None, log_dir: Path) -> None:
-        if kind not in TARGETS:
-            raise pytest.UsageError(f"--target must be one of {', '.join(TARGETS)}")
-        if kind != "sim" and rig is None:
-            raise pytest.UsageError(f"--target {kind} needs --rig FILE")
-        if kind == "rig" and rig is not None and rig.gateway.mode != "reference":
-            raise pytest.UsageError(f"{rig.path}: --target rig needs gateway.mode reference")
-        if kind == "external" and rig is not None and rig.gateway.mode != "external":
-            raise pytest.UsageError(f"{rig.path}: --target external needs gateway.mode external")
+    ``kind`` and ``rig`` come checked from the plugin (:func:`rigs.rigfile.target_problem`).
+    ``say`` reaches the terminal, for what a person at a bench must do.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        rig: Rig | None,
+        log_dir: Path,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.kind = kind
         self.rig = rig
         self.log_dir = log_dir
+        self.say = say
         self.fleet: NodeFleet | None = None
         self._rig_nodes: RigNodes | None = None
-        self._gateway: subprocess.Popen[str] | None = None
+        self._gateway: ChildProcess | None = None
         self._state: tempfile.TemporaryDirectory[str] | None = None
 
     # -- the system ------------------------------------------------------------------------
 
     def config(self, broker: str, check_interval: float) -> SystemConfig:
+        """The system for this target: on a rig, the rig file's ids, listening addresses
+        and credentials (checked by the broker when given)."""
         platform = PlatformConfig(check_interval=check_interval)
         if self.rig is None:
             return SystemConfig(broker=broker, platform=platform)
         gw = self.rig.gateway
+        secret = (
+            DeviceSecret(gw.secure_id, gw.secure_key)
+            if gw.secure_id is not None and gw.secure_key is not None
+            else None
+        )
+        if secret is not None and broker != "embedded":
+            skip(
+                f"rig {self.rig.name} gives gateway credentials; only the embedded broker "
+                f"checks them (this run's broker: {broker})"
+            )
         return SystemConfig(
             broker=broker,
+            broker_host=self.rig.broker.host,
+            broker_port=self.rig.broker.port,
             product_id=gw.product_id,
             gateway_id=gw.device_id,
             http_host=self.rig.platform.host,
             http_port=self.rig.platform.port,
             public_url=self.rig.platform.public_url,
+            auth=secret is not None,
+            secret=secret,
             start_gateway=self.kind != "external",
             platform=platform,
         )
@@ -128,12 +146,16 @@ class Target:
             self._start_external(ota)
 
     def stop(self, ota: Ota) -> None:
-        if self._rig_nodes is not None:
-            self._rig_nodes.close()
-        if self._gateway is not None:
-            self._stop_process(self._gateway)
-        if self._state is not None:
-            self._state.cleanup()
+        try:
+            if self._rig_nodes is not None:
+                # The gateway drives the link: stop it before the port goes away.
+                ota.run(ota.system.stop_gateway(), timeout=30)
+                self._rig_nodes.close()
+        finally:
+            if self._gateway is not None:
+                self._gateway.stop()
+            if self._state is not None:
+                self._state.cleanup()
 
     # -- the gateway -----------------------------------------------------------------------
 
@@ -155,59 +177,63 @@ class Target:
         if self.in_process:
             ota.run(ota.system.stop_gateway())
         elif self._gateway is not None:
-            self._stop_process(self._gateway)
+            self._gateway.stop()
             self._gateway = None
         else:
             skip("the external gateway was not started by the harness: it cannot be stopped")
 
     def _start_external(self, ota: Ota) -> None:
+        """Start the rig's gateway command (or ask for the gateway at the bench), then wait
+        for its first firmware report."""
         assert self.rig is not None and ota.system.broker is not None
         gw = self.rig.gateway
+        broker = str(ota.system.broker.url)
+        if gw.command is not None:
+            self._state = tempfile.TemporaryDirectory(prefix="ota-hil-external-")
+            self._gateway = start_gateway_command(
+                gw.command_for(broker, self._state.name), self.log_dir / "external-gateway.log"
+            )
+        else:
+            self.say(
+                f"waiting up to {gw.online_timeout:g} s for gateway {gw.device_id} "
+                f"(product {gw.product_id}) to connect to {broker} and report its firmware"
+            )
         registry = ota.system.platform_server.platform.registry  # type: ignore[union-attr]
-        if gw.command is None:
-            return  # a real gateway connects by itself; the scenario waits for its report
-        self._state = tempfile.TemporaryDirectory(prefix="ota-hil-external-")
-        command = gw.command_for(str(ota.system.broker.url), self._state.name)
-        log = (self.log_dir / "external-gateway.log").open("w", encoding="utf-8")
-        self._gateway = subprocess.Popen(
-            _with_this_python(command),
-            shell=True,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+        gateway = self._gateway
 
         async def online() -> None:
-            async with asyncio.timeout(30):
-                while registry.get(gw.device_id).firmware_version is None:  # type: ignore[union-attr]
-                    if self._gateway is not None and self._gateway.poll() is not None:
-                        raise RuntimeError(
-                            f"the external gateway exited with {self._gateway.returncode}; "
-                            f"see {self.log_dir / 'external-gateway.log'}"
-                        )
-                    await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + gw.online_timeout
+            while registry.get(gw.device_id).firmware_version is None:  # type: ignore[union-attr]
+                if gateway is not None and not gateway.running:
+                    raise AssertionError(
+                        f"the external gateway exited with {gateway.returncode}; "
+                        f"see {gateway.log_path}"
+                    )
+                if loop.time() > deadline:
+                    log = f"; see {gateway.log_path}" if gateway is not None else ""
+                    raise AssertionError(
+                        f"gateway {gw.device_id} did not report its firmware at {broker} "
+                        f"within {gw.online_timeout:g} s{log}"
+                    )
+                await asyncio.sleep(0.05)
 
-        ota.run(online(), timeout=40)
-
-    @staticmethod
-    def _stop_process(process: subprocess.Popen[str]) -> None:
-        if process.poll() is None:
-            os.killpg(process.pid, 15)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-                process.wait(5)
+        ota.run(online(), timeout=gw.online_timeout + 10)
 
     # -- the nodes -------------------------------------------------------------------------
 
-    def fleet_for(self, ota: Ota, nodes: int, radio: str, loss: float, burst: float) -> NodeFleet:
+    def fleet_for(
+        self, ota: Ota, nodes: int, radio: str, loss: float | None, burst: float | None
+    ) -> NodeFleet:
         """The nodes of a scenario: on sim, a fleet built to order; on a rig, the rig's own
-        nodes (their count and link are what they are)."""
+        nodes, whose count and link are what they are. A scenario that sets the loss runs
+        on a rig only when the rig's radio has that loss (a virtual board's setting; a
+        real radio counts as lossless with no bursts)."""
         if self.kind == "external":
             skip("target external has no nodes behind the harness's control")
         if self.kind == "sim":
+            loss = 0.0 if loss is None else loss
+            burst = 1.0 if burst is None else burst
             spec = FleetSpec(
                 nodes=nodes, radio=radio, loss=loss, burst=burst, seed=nodes + int(100 * loss)
             )
@@ -216,9 +242,20 @@ class Target:
                 list(attached.fleet.ids), attached.product_id, attached.upgrader, sim=attached
             )
             return self.fleet
-        assert self.rig is not None
-        if radio != self.rig.radio:
-            skip(f"the scenario needs {radio} nodes; rig {self.rig.name} has {self.rig.radio}")
+        rig = self.rig
+        assert rig is not None
+        if radio != rig.radio:
+            skip(f"the scenario needs {radio} nodes; rig {rig.name} has {rig.radio}")
+        if not rig.nodes:
+            skip(f"rig {rig.name} has no nodes")
+        if loss is not None:
+            has = (rig.virtual.loss, rig.virtual.burst) if rig.virtual else (0.0, 1.0)
+            if (loss, burst) != has:
+                skip(
+                    f"the scenario sets {loss:.0%} loss and burst {burst:g}; the radio of rig "
+                    f"{rig.name} has {has[0]:.0%} and {has[1]:g}"
+                    + ("" if rig.virtual else " (a real radio's loss is what it is)")
+                )
         self.fleet = self._attach_rig(ota)
         return self.fleet
 
@@ -227,11 +264,13 @@ class Target:
         assert rig is not None and rig.coordinator is not None
         board = None
         port = rig.coordinator.port
-        ca = rig.ca_public_key() if rig.ca is not None else None
+        ca = rig.ca_public_key()
         if rig.virtual is not None:
-            board, port, ca = _start_virtual_board(rig, self.log_dir)
-        if ca is None:
-            raise pytest.UsageError(f"{rig.path}: ca is needed to trust the nodes' certificates")
+            try:
+                board, port, ca = start_virtual_board(rig, self.log_dir / "virtual-board.log")
+            except ProcessError as exc:
+                pytest.fail(str(exc), pytrace=False)
+        assert ca is not None, "target_problem() lets no rig with nodes and no CA through"
         link = SerialNodeLink(
             SerialLink(port, rig.coordinator.baud, log_path=self.log_dir / "coordinator.log"),
             {n.id: n.address for n in rig.nodes},
@@ -260,9 +299,7 @@ class Target:
         }
 
         async def attach() -> NodeUpgrader:
-            link.open()
-            if rig.coordinator.reset != "none":
-                link.link.reset_board(rig.coordinator.reset)
+            await link.open(reset=rig.coordinator.reset)
             upgrader = NodeUpgrader(
                 kind,
                 link,
@@ -280,78 +317,22 @@ class Target:
 
     def fault(self, node: str, fault: str, spec: FaultSpec) -> None:
         """Inject ``fault`` into ``node``: any fault on sim; on a rig only what its power
-        control can do (offline = powered off)."""
+        control can do (offline = powered off, and back on after the scenario)."""
         assert self.fleet is not None
         if self.fleet.sim is not None:
             self.fleet.sim.fleet.set_faults(node, spec)
             return
-        assert self.rig is not None
+        assert self.rig is not None and self.fleet.rig is not None
         if spec != FaultSpec(offline=True):
             skip(f"'{fault}' needs fault injection that rig {self.rig.name} does not have")
-        power = self.rig.node(node).power
-        if power is None:
-            skip(f"'{fault}' needs power control of {node}; rig {self.rig.name} has none")
         try:
-            PowerSwitch(power, node).off()
+            PowerSwitch.for_node(self.rig, node).off()
+        except NoPowerControl as exc:
+            skip(f"'{fault}': {exc}")
         except PowerError as exc:
             pytest.fail(str(exc), pytrace=False)
+        self.fleet.rig.powered_off.add(node)
 
     def require_sim(self, why: str) -> None:
         if self.kind != "sim":
             skip(f"{why} needs the simulated fleet (target {self.kind})")
-
-
-def _with_this_python(command: str) -> str:
-    """Run ``ota-hil`` as this interpreter's (a venv's console script may not be on PATH)."""
-    ota = shlex.quote(sys.executable) + " -m harness.cli"
-    return re.sub(r"^ota-hil\b", ota, command)
-
-
-def _start_virtual_board(rig: Rig, log_dir: Path) -> tuple[subprocess.Popen[str], str, bytes]:
-    """``ota-hil virtual-board`` for a rig whose coordinator is virtual: its port and CA."""
-    v = rig.virtual
-    assert v is not None
-    args = [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "virtual-board",
-        "--radio",
-        rig.radio,
-        "--nodes",
-        str(len(rig.nodes)),
-        "--loss",
-        str(v.loss),
-        "--burst",
-        str(v.burst),
-        "--seed",
-        str(v.seed),
-        "--speed",
-        str(v.speed),
-        "--log-level",
-        "warning",
-    ]
-    log = (log_dir / "virtual-board.log").open("w", encoding="utf-8")
-    board = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
-    values: dict[str, str] = {}
-    assert board.stdout is not None
-    for line in board.stdout:
-        key, _, value = line.strip().partition(" ")
-        values[key] = value.strip()
-        if "port" in values and "ca" in values:
-            break
-    if "port" not in values or "ca" not in values:
-        board.kill()
-        raise RuntimeError(f"the virtual board did not start; see {log_dir / 'virtual-board.log'}")
-    return board, values["port"], bytes.fromhex(values["ca"])
-
-
-def load_target(config: pytest.Config) -> tuple[str, Rig | None]:
-    kind = config.getoption("--target")
-    rig_file = config.getoption("--rig")
-    rig = load_rig(rig_file) if rig_file else None
-    return kind, rig
-
-
-def lock_for(rig: Rig | None, owner: str) -> RigLock | None:
-    return RigLock(rig.lock_path, owner) if rig is not None else None

@@ -83,6 +83,31 @@ def pytest_configure(config: pytest.Config) -> None:
         "single_broker: run on the first --broker backend only (a long test whose broker "
         "coverage the others already give)",
     )
+    config.stash[_TARGET] = _load_target(config)
+
+
+_TARGET = pytest.StashKey["tuple[str, Any]"]()
+
+
+def _load_target(config: pytest.Config) -> tuple[str, Any]:
+    """--target and its rig, checked once: a bad rig file stops the run before any test."""
+    from rigs.rigfile import RigFileError, load_rig, target_problem
+
+    kind = config.getoption("--target")
+    rig_file = config.getoption("--rig")
+    try:
+        rig = load_rig(rig_file) if rig_file else None
+    except RigFileError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    problem = target_problem(kind, rig)
+    if problem is not None:
+        raise pytest.UsageError(problem)
+    return kind, rig
+
+
+def target_and_rig(config: pytest.Config) -> tuple[str, Any]:
+    """The run's target ("sim", "rig" or "external") and its :class:`rigs.Rig` (or None)."""
+    return config.stash[_TARGET]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

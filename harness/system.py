@@ -22,6 +22,9 @@ log = logging.getLogger("ota_hil.system")
 @dataclass
 class SystemConfig:
     broker: str = "embedded"
+    #: Where a broker the harness starts listens (port 0: a free one).
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 0
     product_id: str = "gateway-product"
     gateway_id: str = "gateway-1"
     gateway_version: str = "1.0.0"
@@ -31,6 +34,8 @@ class SystemConfig:
     public_url: str | None = None
     #: Check JetLinks MQTT credentials at the broker (embedded broker only).
     auth: bool = False
+    #: The gateway's secureId/secureKey when auth is on; None: made up for the run.
+    secret: DeviceSecret | None = None
     #: Where the gateway keeps its state; a fresh temporary folder when None.
     state_dir: Path | None = None
     start_gateway: bool = True
@@ -47,7 +52,9 @@ class OtaSystem:
         self.gateway: GatewayAgent | None = None
         self.client: PlatformClient | None = None
         self.secret = (
-            DeviceSecret(secrets.token_hex(8), secrets.token_hex(16)) if self.config.auth else None
+            (self.config.secret or DeviceSecret(secrets.token_hex(8), secrets.token_hex(16)))
+            if self.config.auth
+            else None
         )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -64,7 +71,9 @@ class OtaSystem:
         cfg = self.config
         try:
             authenticator = self._authenticate if cfg.auth else None
-            self.broker = make_broker(cfg.broker, authenticator=authenticator)
+            self.broker = make_broker(
+                cfg.broker, authenticator=authenticator, host=cfg.broker_host, port=cfg.broker_port
+            )
             await self.broker.start()
             self.platform_server = PlatformServer(
                 self.broker.url,

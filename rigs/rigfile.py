@@ -306,8 +306,9 @@ class CoordinatorSpec(BaseModel):
 
 
 class VirtualSpec(BaseModel):
-    """A virtual coordinator board (``ota-hil virtual-board``) to start for this rig: its
-    simulated nodes take the rig's node ids and addresses, and the harness uses the board's
+    """A virtual coordinator board (``ota-hil virtual-board``) to start for this rig, with
+    one simulated node per rig node. The board names node i ``node-000i`` at address i, so
+    the rig's nodes must be listed that way (checked on load); the harness uses the board's
     port and CA instead of ``coordinator.port`` and ``ca``."""
 
     model_config = _CONFIG
@@ -381,6 +382,8 @@ class GatewaySpec(BaseModel):
     secure_key: str | None = Field(default=None, min_length=1)
     #: external only: a shell command that starts the gateway under test.
     command: str | None = Field(default=None, min_length=1)
+    #: external only: seconds the harness waits for the gateway's first firmware report.
+    online_timeout: float = Field(default=60.0, gt=0, le=3600)
 
     @field_validator("product_id", "device_id")
     @classmethod
@@ -515,6 +518,18 @@ class Rig(BaseModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> Rig:
         errors = _cross_problems(self)
+        if self.virtual is not None:
+            width = max(4, len(str(len(self.nodes) - 1)))
+            for i, node in enumerate(self.nodes):
+                if (node.id, node.address) != (f"node-{i:0{width}d}", i):
+                    errors.append(
+                        _FieldError(
+                            f"with a virtual board, node {i} is node-{i:0{width}d} at address "
+                            f"{i} (the board's simulated node), not {node.id} at {node.address}",
+                            "nodes",
+                            i,
+                        )
+                    )
         if errors:
             raise _Problems(errors)
         return self
@@ -756,6 +771,28 @@ def load_rig(path: str | os.PathLike[str]) -> Rig:
         raise RigFileError(source, problems) from None
     rig._path = absolute
     return rig
+
+
+TARGETS = ("sim", "rig", "external")
+
+
+def target_problem(target: str, rig: Rig | None) -> str | None:
+    """Why ``target`` cannot run on ``rig`` (None: it can): rig and external need a rig
+    file whose gateway mode fits, and a rig's nodes need the CA that signed them."""
+    if target not in TARGETS:
+        return f"--target must be one of {', '.join(TARGETS)}, not {target!r}"
+    if target == "sim":
+        return None
+    if rig is None:
+        return f"--target {target} needs --rig FILE"
+    where = rig.path or f"rig {rig.name}"
+    if target == "rig" and rig.gateway.mode != "reference":
+        return f"{where}: --target rig needs gateway.mode reference (the file says external)"
+    if target == "external" and rig.gateway.mode != "external":
+        return f"{where}: --target external needs gateway.mode external (the file says reference)"
+    if target == "rig" and rig.nodes and rig.ca is None and rig.virtual is None:
+        return f"{where}: --target rig needs ca: the nodes' certificates are checked against it"
+    return None
 
 
 # --- error reporting ------------------------------------------------------------------

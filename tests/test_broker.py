@@ -285,6 +285,20 @@ def test_make_broker_refuses_an_authenticator_outside_embedded(spec: str) -> Non
     assert isinstance(make_broker("embedded", authenticator=jetlinks_auth), EmbeddedBroker)
 
 
+@pytest.mark.parametrize("spec", ["embedded", "mosquitto"])
+async def test_a_broker_the_harness_starts_listens_where_it_is_told(spec: str) -> None:
+    port = free_port("127.0.0.1")
+    async with make_broker(spec, host="127.0.0.1", port=port) as broker:
+        assert broker.url == BrokerUrl("127.0.0.1", port)
+        assert (await round_trip(broker.url)).payload == b"firmware-chunk"
+
+
+@pytest.mark.parametrize("spec", ["container", "mqtt://broker.lab:1883"])
+def test_a_listening_port_is_refused_for_a_broker_the_harness_does_not_start(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"a listening port \(1884\) is for a broker the harness"):
+        make_broker(spec, port=1884)
+
+
 async def test_cli_serves_until_sigint_then_exits_zero() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -90,7 +90,7 @@ GOLDEN = [
         "01 02 07 | 0102 AA00BB | F59B",
         "07 01020701 02AA 04 BBF59B 00",
     ),
-    (StatusRequest(0), "01 03 00 | AEFF", "03 0103 03 AEFF 00"),
+    (StatusRequest(1), "01 03 01 | BEDE", "06 010301BEDE 00"),
     (
         Received(0x0102, -60, KEY_ACK_FRAME),
         "01 81 00 | 0102 C4 | 01081234 0001 03 E17E | 4C8F",

@@ -415,3 +415,41 @@ def test_from_dict_resolves_paths_against_base(tmp_path: Path) -> None:
     with pytest.raises(RigFileError, match=r"<rig>, ca: file not found"):
         Rig.from_dict({"name": "r", "ca": "ca.pub"}, base=tmp_path / "elsewhere")
     assert os.fspath(rig.lock_path).endswith("r.lock")
+
+
+def test_a_virtual_rig_names_its_nodes_as_the_board_does(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "name: v\ncoordinator: {port: 'socket://127.0.0.1:5870'}\nvirtual: {loss: 0.1}\n"
+        "nodes:\n  - {id: node-0000, address: 0}\n  - {id: sensor-7, address: 7}\n",
+    )
+    with pytest.raises(RigFileError) as err:
+        load_rig(path)
+    assert "line 6, nodes[1]: with a virtual board, node 1 is node-0001 at address 1" in str(
+        err.value
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "rig_text", "problem"),
+    [
+        ("rig", None, "--target rig needs --rig FILE"),
+        ("external", "name: b\ngateway: {mode: reference}\n", "needs gateway.mode external"),
+        ("rig", "name: b\ngateway: {mode: external}\n", "needs gateway.mode reference"),
+        (
+            "rig",
+            "name: b\ncoordinator: {port: /dev/ttyUSB0}\nnodes: [{id: n1, address: 1}]\n",
+            "needs ca:",
+        ),
+        ("sim", None, None),
+        ("rig", "name: b\ncoordinator: {port: /dev/ttyUSB0}\n", None),
+    ],
+)
+def test_target_problem_says_what_a_target_lacks(
+    tmp_path: Path, target: str, rig_text: str | None, problem: str | None
+) -> None:
+    from rigs.rigfile import target_problem
+
+    rig = load_rig(write(tmp_path, rig_text)) if rig_text else None
+    found = target_problem(target, rig)
+    assert (found is None) if problem is None else (problem in (found or "")), found

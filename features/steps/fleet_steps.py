@@ -31,8 +31,8 @@ def _with_fleet(
     scenario: ScenarioContext,
     nodes: int,
     radio: str,
-    loss: float,
-    burst: float,
+    loss: float | None,
+    burst: float | None,
 ) -> None:
     fleet = target.fleet_for(ota, nodes, radio, loss, burst)
     scenario.answers["fleet"] = fleet
@@ -59,7 +59,7 @@ def _(
 
 @given(parsers.parse("a fleet of {nodes:d} {radio} nodes behind the gateway"))
 def _(ota: Ota, target: Target, scenario: ScenarioContext, nodes: int, radio: str) -> None:
-    _with_fleet(ota, target, scenario, nodes, radio, 0.0, 1.0)
+    _with_fleet(ota, target, scenario, nodes, radio, None, None)
 
 
 _FAULTS = {

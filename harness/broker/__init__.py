@@ -30,14 +30,21 @@ BROKER_CHOICES = ("embedded", "mosquitto", "container")
 _VALID_SPECS = "'embedded', 'mosquitto', 'container' or an mqtt://host:port URL"
 
 
-def make_broker(spec: str, *, authenticator: Authenticator | None = None) -> Broker:
-    """The broker a command-line or ini ``spec`` names (not started yet)."""
+def make_broker(
+    spec: str,
+    *,
+    authenticator: Authenticator | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+) -> Broker:
+    """The broker a command-line or ini ``spec`` names (not started yet). ``host`` and
+    ``port`` (0: a free one) are where a broker the harness starts listens."""
     spec = spec.strip()
     broker: Broker
     if spec == "embedded":
-        return EmbeddedBroker(authenticator=authenticator)
+        return EmbeddedBroker(host, port, authenticator=authenticator)
     if spec == "mosquitto":
-        broker = MosquittoBroker()
+        broker = MosquittoBroker(host=host, port=port)
     elif spec == "container":
         broker = ContainerBroker()
     elif "://" in spec:
@@ -47,6 +54,11 @@ def make_broker(spec: str, *, authenticator: Authenticator | None = None) -> Bro
             raise ValueError(f"{exc}; a broker is {_VALID_SPECS}") from None
     else:
         raise ValueError(f"unknown broker {spec!r}: use {_VALID_SPECS}")
+    if port and spec != "mosquitto":
+        raise ValueError(
+            f"a listening port ({port}) is for a broker the harness starts; the {broker.kind} "
+            "broker listens where it listens"
+        )
     if authenticator is not None:
         raise ValueError(
             f"JetLinks auth checking needs the embedded broker; the {broker.kind} broker"

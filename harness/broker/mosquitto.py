@@ -38,9 +38,18 @@ class MosquittoBroker(Broker):
     kind = "mosquitto"
 
     def __init__(
-        self, *, start_timeout: float = 10.0, stop_timeout: float = 5.0, binary: str | None = None
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        start_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
+        binary: str | None = None,
     ) -> None:
         super().__init__()
+        self.host = host
+        #: 0: a free port.
+        self.port = port
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.binary = binary
@@ -64,23 +73,24 @@ class MosquittoBroker(Broker):
             )
         self._tmp = tempfile.TemporaryDirectory(prefix="ota-hil-mosquitto-")
         try:
-            for attempt in range(1, _BIND_ATTEMPTS + 1):
-                port = free_port("127.0.0.1")
+            attempts = _BIND_ATTEMPTS if self.port == 0 else 1
+            for attempt in range(1, attempts + 1):
+                port = self.port or free_port(self.host)
                 proc = self._proc = self._spawn(binary, port)
                 if await wait_until_listening(
-                    "127.0.0.1",
+                    self.host,
                     port,
                     self.start_timeout,
                     alive=lambda proc=proc: proc.poll() is None,
                 ):
-                    self._url = BrokerUrl("127.0.0.1", port)
+                    self._url = BrokerUrl(self.host, port)
                     log.debug("mosquitto (pid %d) listening on %s", proc.pid, self._url)
                     return
                 code = proc.poll()
                 tail = self._log_tail()
                 await self._terminate()
                 # free_port() cannot reserve the port; someone may have taken it meanwhile.
-                if "Address already in use" in tail and attempt < _BIND_ATTEMPTS:
+                if "Address already in use" in tail and attempt < attempts:
                     continue
                 what = (
                     f"exited with code {code}"
@@ -98,7 +108,7 @@ class MosquittoBroker(Broker):
         assert self._tmp is not None
         tmp = Path(self._tmp.name)
         lines = [
-            f"listener {port} 127.0.0.1",
+            f"listener {port} {self.host}",
             "allow_anonymous true",
             "persistence false",
             # The default (1000) silently drops QoS 1 messages queued for a slow subscriber;

@@ -45,6 +45,13 @@ def features_dir() -> Path:
     help="The rig file (rigs/*.yaml).",
 )
 @click.option(
+    "--rig-lock-timeout",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="Seconds to wait for another run to release the rig before failing.",
+)
+@click.option(
     "--reports",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("reports"),
@@ -56,19 +63,28 @@ def run_command(
     brokers: tuple[str, ...],
     target: str,
     rig_file: Path | None,
+    rig_lock_timeout: float,
     reports: Path,
     pytest_args: tuple[str, ...],
 ) -> None:
     """Run the Gherkin scenarios against a target and write reports.
 
-    The same feature files run on every target; what a target cannot do (fault injection
-    without power control, a pull on an external gateway) is skipped with the reason.
+    The same feature files run on every target; what a target cannot do (a fault a rig
+    cannot inject: only "offline" through a node's power command; a pull on an external
+    gateway) is skipped with the reason. A rig is locked for the whole run.
     Extra arguments go to pytest (e.g. -k "pull" or -x). Allure results go to
     REPORTS/allure-results (view them with `allure` if installed), JUnit XML to
     REPORTS/junit.xml, one log per scenario and per port to REPORTS/logs.
     """
-    if target != "sim" and rig_file is None:
-        raise click.UsageError(f"--target {target} needs --rig FILE")
+    from rigs.rigfile import RigFileError, load_rig, target_problem
+
+    try:
+        rig = load_rig(rig_file) if rig_file else None
+    except RigFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    problem = target_problem(target, rig)
+    if problem is not None:
+        raise click.UsageError(problem)
     features = features_dir()
     reports.mkdir(parents=True, exist_ok=True)
     args = [
@@ -78,7 +94,7 @@ def run_command(
         f"--junitxml={reports / 'junit.xml'}",
         f"--ota-logs={reports / 'logs'}",
         f"--target={target}",
-        *([f"--rig={rig_file}"] if rig_file else []),
+        *([f"--rig={rig_file}", f"--rig-lock-timeout={rig_lock_timeout}"] if rig_file else []),
         *(f"--broker={b}" for b in (brokers or ("embedded",))),
         *pytest_args,
     ]
