@@ -8,6 +8,8 @@
 - :mod:`rigs.lock`: one job at a time on a rig.
 - :mod:`rigs.serial_link`: the host end of a coordinator's UART (docs/host-protocol.md).
 - :mod:`rigs.link`: the rig's nodes as the gateway's ``NodeLink``, on the wall clock.
+- :mod:`rigs.processes`: the virtual board and an external gateway's command, started
+  beside the harness, read within deadlines and stopped with their process groups.
 
 rigs/ implements the harness's ``NodeLink`` and never imports sims/. See docs/rigs.md.
 """
