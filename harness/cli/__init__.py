@@ -8,6 +8,7 @@ from .. import __version__
 from .board import board_command
 from .broker import broker_command
 from .certs import certs_command
+from .package import package_command
 from .push import push_command
 from .run import run_command
 from .services import gateway_command, platform_command, up_command
@@ -34,5 +35,6 @@ for command in (
     sim_command,
     certs_command,
     board_command,
+    package_command,
 ):
     main.add_command(command)
