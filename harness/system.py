@@ -13,6 +13,7 @@ from pathlib import Path
 from .broker import Broker, make_broker
 from .client import PlatformClient
 from .gateway import GatewayAgent, GatewayConfig
+from .gateway.apps import APP_PRODUCT, app_device_id
 from .platform import PlatformConfig, PlatformServer
 from .protocol import DeviceSecret
 
@@ -88,6 +89,13 @@ class OtaSystem:
             registry.add_product(cfg.product_id, "Gateway")
             registry.add_device(
                 cfg.gateway_id, cfg.product_id, name="Reference gateway", secret=self.secret
+            )
+            registry.add_product(APP_PRODUCT, "Gateway application")
+            registry.add_device(
+                app_device_id(cfg.gateway_id),
+                APP_PRODUCT,
+                name="Gateway application",
+                parent_id=cfg.gateway_id,
             )
             if cfg.start_gateway:
                 await self.start_gateway()

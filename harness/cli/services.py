@@ -10,6 +10,7 @@ import click
 
 from ..broker import BrokerUnavailable
 from ..gateway import GatewayAgent, GatewayConfig
+from ..gateway.apps import app_device_id
 from ..mqtt import BrokerUrl
 from ..platform import PlatformConfig, PlatformServer
 from ..protocol import DeviceSecret
@@ -141,6 +142,19 @@ def platform_command(
 )
 @click.option("--secure-id", default=None, help="JetLinks secureId (turns on MQTT auth).")
 @click.option("--secure-key", default=None, help="JetLinks secureKey (with --secure-id).")
+@click.option(
+    "--app-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The gateway app's folder (releases and the `current` link it runs from) "
+    "[default: STATE_DIR/app].",
+)
+@click.option(
+    "--app-health-command",
+    default=None,
+    help="Shell command that checks a new app release in its folder (exit 0: healthy) "
+    "[default: every .so loads, every .lua parses].",
+)
 @click.option("--pull", is_flag=True, help="Ask the platform for firmware once connected.")
 @log_level_option
 def gateway_command(
@@ -152,6 +166,8 @@ def gateway_command(
     secure_id: str | None,
     secure_key: str | None,
     pull: bool,
+    app_root: Path | None,
+    app_health_command: str | None,
     log_level: str,
 ) -> None:
     """Run the reference gateway: it takes upgrades for itself over MQTT, downloads them over
@@ -166,6 +182,8 @@ def gateway_command(
         state_dir=state_dir or Path(".ota-hil") / "gateway" / device_id,
         secret=secret,
         initial_version=initial_version,
+        app_root=app_root,
+        app_health_command=app_health_command,
     )
 
     async def main(stop: asyncio.Event) -> None:
@@ -173,6 +191,10 @@ def gateway_command(
         await agent.start(broker, wait=None)
         say(f"gateway    {device_id} (product {product_id}) version {agent.version}")
         say(f"state      {config.state_dir}")
+        app = agent.upgraders.get("app")
+        if app is not None:
+            device = app_device_id(device_id)
+            say(f"app        {device} version {app.current_version(device) or 'none'}")
         if pull:
             agent.pull()
         try:

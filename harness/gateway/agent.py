@@ -42,6 +42,8 @@ from ..protocol import (
     parse_topic,
     subscriptions_for_device,
 )
+from .apps import AppUpgrader, app_device_id
+from .appstore import StepHook
 from .download import Downloader, DownloadError, DownloadPolicy, SharedDownloads
 from .jobs import Job, ProgressReporter, UpgradeFailed
 from .state import GatewayState
@@ -83,6 +85,14 @@ class GatewayConfig:
     progress_step: int = 5
     #: Default target kind of an upgrade on the gateway's own topic (parameters.target wins).
     default_target: str = "gateway"
+    #: The gateway application's folder (its releases and the ``current`` link the app runs
+    #: from); None: ``{state_dir}/app``. The app is the child device ``{device_id}-app``.
+    app_root: Path | None = None
+    #: A shell command that checks a new app release in its folder (exit 0: healthy);
+    #: None: every .so must load and every .lua parse.
+    app_health_command: str | None = None
+    #: Called after each step of an app switch (tests cut the power here).
+    app_on_step: StepHook | None = None
 
 
 class GatewayAgent:
@@ -132,7 +142,22 @@ class GatewayAgent:
             logger=logging.getLogger(f"ota_hil.gateway.mqtt.{self.device_id}"),
         )
         self.report(self._own_topic(TopicKind.REPORT), self.version)
+        self._attach_app()
         await self.mqtt.start(wait)
+
+    def _attach_app(self) -> None:
+        """The gateway application as a child device; an interrupted switch is finished or
+        undone first (after a power loss)."""
+        cfg = self.config
+        app = self.upgraders.get(AppUpgrader.kind)
+        if app is None:
+            app = AppUpgrader(
+                cfg.app_root or cfg.state_dir / "app",
+                health_command=cfg.app_health_command,
+                on_step=cfg.app_on_step,
+            )
+        device = app_device_id(self.device_id)
+        self.attach(app, {device: app.current_version(device)})
 
     async def stop(self) -> None:
         await cancel_and_wait(*(task for _, task in list(self.jobs.values())))

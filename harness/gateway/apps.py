@@ -1,0 +1,71 @@
+"""The gateway application (its lua and .so files) as a child device of the gateway: a
+package replaces the whole app through an :class:`AppStore`, checked before it counts."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from harness.packages import PackageError, read_manifest
+
+from .appstore import AppStore, HealthCheck, StepHook, SwitchFailed
+from .health import command_check, default_check
+from .jobs import Job, UpgradeFailed
+from .upgraders import Progress
+
+#: The platform product of the gateway application's child device.
+APP_PRODUCT = "gateway-app"
+
+
+def app_device_id(gateway_id: str) -> str:
+    """The gateway application's child device id: one per gateway."""
+    return f"{gateway_id}-app"
+
+
+class AppUpgrader:
+    """Installs app packages (kind ``app``) for the gateway's application device."""
+
+    kind = "app"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        health_command: str | None = None,
+        on_step: StepHook | None = None,
+    ) -> None:
+        self.store = AppStore(root, on_step)
+        self.check: HealthCheck = command_check(health_command) if health_command else default_check
+        did = self.store.recover()
+        self.recovered = did
+
+    def current_version(self, device_id: str) -> str | None:
+        return self.store.version()
+
+    async def apply(self, job: Job, progress: Progress) -> str:
+        if job.image is None:
+            raise UpgradeFailed("no package to install")
+        running = self.store.version()
+        try:
+            manifest = await asyncio.to_thread(read_manifest, job.image)
+            if manifest.kind != self.kind:
+                raise PackageError(f"package refused: it is for {manifest.kind}, not {self.kind}")
+            if manifest.version != job.firmware.version:
+                raise PackageError(
+                    f"package refused: it holds version {manifest.version}, the platform "
+                    f"announced {job.firmware.version}"
+                )
+            progress(10)
+            version = await self.store.install(job.image, self.check, kind=self.kind)
+        except (PackageError, SwitchFailed) as exc:
+            raise UpgradeFailed(str(exc), version=self.store.version() or running) from None
+        except OSError as exc:
+            raise UpgradeFailed(
+                f"cannot install the app: {exc}", version=self.store.version()
+            ) from None
+        progress(100)
+        return version
+
+    async def install_local(self, package: Path) -> str:
+        """Install without the platform (the app a gateway ships with)."""
+        return await self.store.install(package, self.check, kind=self.kind)
