@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import shlex
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 from .broker import Broker, make_broker
 from .client import PlatformClient
 from .gateway import GatewayAgent, GatewayConfig
-from .gateway.apps import APP_PRODUCT, app_device_id
+from .gateway.local import LOCAL_COMPONENTS, local_device_id
 from .platform import PlatformConfig, PlatformServer
 from .protocol import DeviceSecret
 
@@ -90,13 +92,14 @@ class OtaSystem:
             registry.add_device(
                 cfg.gateway_id, cfg.product_id, name="Reference gateway", secret=self.secret
             )
-            registry.add_product(APP_PRODUCT, "Gateway application")
-            registry.add_device(
-                app_device_id(cfg.gateway_id),
-                APP_PRODUCT,
-                name="Gateway application",
-                parent_id=cfg.gateway_id,
-            )
+            for kind, component in LOCAL_COMPONENTS.items():
+                registry.add_product(component.product, component.name)
+                registry.add_device(
+                    local_device_id(cfg.gateway_id, kind),
+                    component.product,
+                    name=component.name,
+                    parent_id=cfg.gateway_id,
+                )
             if cfg.start_gateway:
                 await self.start_gateway()
         except BaseException:
@@ -116,7 +119,16 @@ class OtaSystem:
             state_dir=self.state_dir,
             secret=self.secret,
             initial_version=self.config.gateway_version,
+            driver_load_command=self._kmod("insmod {path}"),
+            driver_unload_command=self._kmod("rmmod {name}"),
         )
+
+    def _kmod(self, command: str) -> str:
+        """A driver command run by the simulated module loader (``sims.kmod``): the
+        harness's gateway must never load modules into the kernel of the machine it runs
+        on. Its loaded modules are kept in the gateway's state folder."""
+        state = shlex.quote(str(self.state_dir / "kmod.json"))
+        return f"{shlex.quote(sys.executable)} -m sims.kmod --state {state} {command}"
 
     async def start_gateway(self) -> GatewayAgent:
         """(Re)start the reference gateway; its state folder survives a restart."""

@@ -142,6 +142,18 @@ def test_up_then_push_shows_the_record_go_waiting_processing_success(
     assert up.stop() == 0
 
 
+def test_gateway_driver_commands_go_together() -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            *("gateway", "--broker", "mqtt://127.0.0.1:1", "--product-id", "p"),
+            *("--device-id", "d", "--driver-load-command", "insmod {path}"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--driver-load-command and --driver-unload-command go together" in result.output
+
+
 def test_broker_platform_and_gateway_as_separate_processes(
     procs: list[Proc], firmware: Path, tmp_path: Path
 ) -> None:
@@ -172,11 +184,16 @@ def test_broker_platform_and_gateway_as_separate_processes(
         "gw-9",
         "--state-dir",
         str(state),
+        "--driver-load-command",
+        "true",
+        "--driver-unload-command",
+        "true",
         "--log-level",
         "warning",
     )
     procs.append(gateway)
     gateway.expect(r"^gateway\s+gw-9")
+    gateway.expect(r"^driver\s+gw-9-drivers version none")
 
     result = push(firmware, platform_url, "--version", "2.0.0", "--device", "gw-9", "--on-timer")
     assert result.returncode == 0, result.stdout + result.stderr

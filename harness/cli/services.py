@@ -10,7 +10,7 @@ import click
 
 from ..broker import BrokerUnavailable
 from ..gateway import GatewayAgent, GatewayConfig
-from ..gateway.apps import app_device_id
+from ..gateway.local import LOCAL_COMPONENTS, local_device_id
 from ..mqtt import BrokerUrl
 from ..platform import PlatformConfig, PlatformServer
 from ..protocol import DeviceSecret
@@ -155,6 +155,23 @@ def platform_command(
     help="Shell command that checks a new app release in its folder (exit 0: healthy) "
     "[default: every .so loads, every .lua parses].",
 )
+@click.option(
+    "--driver-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The kernel drivers' folder [default: STATE_DIR/drivers].",
+)
+@click.option(
+    "--driver-load-command",
+    default=None,
+    help="Loads a driver: {path} is the .ko file, e.g. 'insmod {path}'. With "
+    "--driver-unload-command it turns driver upgrades on.",
+)
+@click.option(
+    "--driver-unload-command",
+    default=None,
+    help="Unloads a driver: {name} is the module name, e.g. 'rmmod {name}'.",
+)
 @click.option("--pull", is_flag=True, help="Ask the platform for firmware once connected.")
 @log_level_option
 def gateway_command(
@@ -168,6 +185,9 @@ def gateway_command(
     pull: bool,
     app_root: Path | None,
     app_health_command: str | None,
+    driver_root: Path | None,
+    driver_load_command: str | None,
+    driver_unload_command: str | None,
     log_level: str,
 ) -> None:
     """Run the reference gateway: it takes upgrades for itself over MQTT, downloads them over
@@ -175,6 +195,8 @@ def gateway_command(
     setup_logging(log_level)
     if (secure_id is None) != (secure_key is None):
         raise click.UsageError("--secure-id and --secure-key go together")
+    if (driver_load_command is None) != (driver_unload_command is None):
+        raise click.UsageError("--driver-load-command and --driver-unload-command go together")
     secret = DeviceSecret(secure_id, secure_key) if secure_id and secure_key else None
     config = GatewayConfig(
         product_id=product_id,
@@ -184,6 +206,9 @@ def gateway_command(
         initial_version=initial_version,
         app_root=app_root,
         app_health_command=app_health_command,
+        driver_root=driver_root,
+        driver_load_command=driver_load_command,
+        driver_unload_command=driver_unload_command,
     )
 
     async def main(stop: asyncio.Event) -> None:
@@ -191,10 +216,12 @@ def gateway_command(
         await agent.start(broker, wait=None)
         say(f"gateway    {device_id} (product {product_id}) version {agent.version}")
         say(f"state      {config.state_dir}")
-        app = agent.upgraders.get("app")
-        if app is not None:
-            device = app_device_id(device_id)
-            say(f"app        {device} version {app.current_version(device) or 'none'}")
+        for kind in LOCAL_COMPONENTS:
+            upgrader = agent.upgraders.get(kind)
+            if upgrader is not None:
+                device = local_device_id(device_id, kind)
+                version = upgrader.current_version(device) or "none"
+                say(f"{kind:<10} {device} version {version}")
         if pull:
             agent.pull()
         try:

@@ -42,12 +42,14 @@ from ..protocol import (
     parse_topic,
     subscriptions_for_device,
 )
-from .apps import AppUpgrader, app_device_id
+from .apps import AppUpgrader
 from .appstore import StepHook
 from .download import Downloader, DownloadError, DownloadPolicy, SharedDownloads
+from .drivers import DriverUpgrader
 from .jobs import Job, ProgressReporter, UpgradeFailed
+from .local import LOCAL_COMPONENTS, UNDECIDED, local_device_id
 from .state import GatewayState
-from .upgraders import GatewayImageUpgrader, Upgrader, UpgraderRegistry
+from .upgraders import GatewayImageUpgrader, UndecidedUpgrader, Upgrader, UpgraderRegistry
 
 log = logging.getLogger("ota_hil.gateway")
 
@@ -93,6 +95,12 @@ class GatewayConfig:
     app_health_command: str | None = None
     #: Called after each step of an app switch (tests cut the power here).
     app_on_step: StepHook | None = None
+    #: The kernel drivers' folder; None: ``{state_dir}/drivers``. The drivers are the child
+    #: device ``{device_id}-drivers``, upgraded only when the load and unload commands are
+    #: set (``insmod {path}`` and ``rmmod {name}`` on a gateway).
+    driver_root: Path | None = None
+    driver_load_command: str | None = None
+    driver_unload_command: str | None = None
 
 
 class GatewayAgent:
@@ -142,22 +150,37 @@ class GatewayAgent:
             logger=logging.getLogger(f"ota_hil.gateway.mqtt.{self.device_id}"),
         )
         self.report(self._own_topic(TopicKind.REPORT), self.version)
-        self._attach_app()
+        self._attach_local()
         await self.mqtt.start(wait)
 
-    def _attach_app(self) -> None:
-        """The gateway application as a child device; an interrupted switch is finished or
-        undone first (after a power loss)."""
+    def _attach_local(self) -> None:
+        """The gateway's own components as child devices (an interrupted switch of the app
+        or the drivers is finished or undone first, after a power loss). Drivers are
+        upgraded only when the load and unload commands are configured."""
         cfg = self.config
-        app = self.upgraders.get(AppUpgrader.kind)
-        if app is None:
-            app = AppUpgrader(
+        local: list[Upgrader] = [
+            self.upgraders.get(AppUpgrader.kind)
+            or AppUpgrader(
                 cfg.app_root or cfg.state_dir / "app",
                 health_command=cfg.app_health_command,
                 on_step=cfg.app_on_step,
             )
-        device = app_device_id(self.device_id)
-        self.attach(app, {device: app.current_version(device)})
+        ]
+        if cfg.driver_load_command and cfg.driver_unload_command:
+            local.append(
+                self.upgraders.get(DriverUpgrader.kind)
+                or DriverUpgrader(
+                    cfg.driver_root or cfg.state_dir / "drivers",
+                    load_command=cfg.driver_load_command,
+                    unload_command=cfg.driver_unload_command,
+                )
+            )
+        for kind in UNDECIDED:
+            what = LOCAL_COMPONENTS[kind].name
+            local.append(self.upgraders.get(kind) or UndecidedUpgrader(kind, what))
+        for upgrader in local:
+            device = local_device_id(self.device_id, upgrader.kind)
+            self.attach(upgrader, {device: upgrader.current_version(device)})
 
     async def stop(self) -> None:
         await cancel_and_wait(*(task for _, task in list(self.jobs.values())))
@@ -289,12 +312,17 @@ class GatewayAgent:
                 "unsupported_target", f"{topic.device_id!r} is not a device this gateway upgrades"
             )
             return
-        if self.upgraders.get(target) is None:
+        upgrader = self.upgraders.get(target)
+        if upgrader is None:
             refuse(
                 "unsupported_target",
                 f"target {target!r} is not supported by this gateway "
                 f"(supported: {', '.join(self.upgraders.kinds())})",
             )
+            return
+        refusal = getattr(upgrader, "refusal", None)
+        if refusal is not None:
+            refuse(*refusal)
             return
         job = Job(
             device_id=topic.device_id,

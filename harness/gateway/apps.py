@@ -11,15 +11,16 @@ from harness.packages import PackageError, read_manifest
 from .appstore import AppStore, HealthCheck, StepHook, SwitchFailed
 from .health import command_check, default_check
 from .jobs import Job, UpgradeFailed
+from .local import LOCAL_COMPONENTS, local_device_id
 from .upgraders import Progress
 
 #: The platform product of the gateway application's child device.
-APP_PRODUCT = "gateway-app"
+APP_PRODUCT = LOCAL_COMPONENTS["app"].product
 
 
 def app_device_id(gateway_id: str) -> str:
     """The gateway application's child device id: one per gateway."""
-    return f"{gateway_id}-app"
+    return local_device_id(gateway_id, "app")
 
 
 class AppUpgrader:

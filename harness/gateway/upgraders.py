@@ -32,6 +32,29 @@ class Upgrader(Protocol):
         ...
 
 
+class UndecidedUpgrader:
+    """A target the gateway knows but cannot upgrade yet (the seed leaves WiFi and UWB "to
+    be decided"): every upgrade is answered success=false with :attr:`code` and a message
+    that says so, so the platform's record fails at once with that reason rather than
+    timing out. Replace it by registering a real upgrader of the same kind."""
+
+    code = "not_supported_yet"
+
+    def __init__(self, kind: str, what: str) -> None:
+        self.kind = kind
+        self.what = what
+
+    @property
+    def refusal(self) -> tuple[str, str]:
+        return self.code, f"{self.what} upgrades are not supported yet by this gateway"
+
+    def current_version(self, device_id: str) -> str | None:
+        return None
+
+    async def apply(self, job: Job, progress: Progress) -> str:
+        raise UpgradeFailed(self.refusal[1])
+
+
 class UpgraderRegistry:
     def __init__(self) -> None:
         self._by_kind: dict[str, Upgrader] = {}

@@ -1,0 +1,102 @@
+"""Kernel driver upgrades against the simulated module loader (sims.kmod, run as a real
+process through the configured commands): the kernel of this machine is never touched."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.gateway.appstore import SwitchFailed
+from harness.gateway.drivers import DriverUpgrader, modules_in
+from harness.packages import build_package
+from sims import kmod
+from sims.kmod import VERMAGIC, fake_module, vermagic_of
+
+OTHER_KERNEL = "5.4.0 SMP mod_unload aarch64"
+
+
+def package(tmp: Path, version: str, modules: dict[str, str]) -> Path:
+    """A driver package of ``modules`` (file name -> vermagic)."""
+    folder = tmp / f"drivers-{version}"
+    folder.mkdir()
+    for name, magic in modules.items():
+        (folder / name).write_bytes(fake_module(name.removesuffix(".ko"), magic, version.encode()))
+    out = tmp / f"drivers-{version}.tar.gz"
+    build_package(folder, out, kind="driver", version=version)
+    return out
+
+
+def loaded(state: Path) -> dict[str, str]:
+    return json.loads(state.read_text()) if state.exists() else {}
+
+
+@pytest.fixture
+def drivers(tmp_path: Path) -> tuple[DriverUpgrader, Path]:
+    state = tmp_path / "kmod.json"
+    loader = f"{shlex.quote(sys.executable)} -m sims.kmod --state {shlex.quote(str(state))}"
+    upgrader = DriverUpgrader(
+        tmp_path / "drivers",
+        load_command=f"{loader} insmod {{path}}",
+        unload_command=f"{loader} rmmod {{name}}",
+    )
+    return upgrader, state
+
+
+def test_the_simulated_loader_refuses_like_insmod(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "kmod.json"
+    good, bad, junk = tmp_path / "radio.ko", tmp_path / "uwb.ko", tmp_path / "junk.ko"
+    good.write_bytes(fake_module("radio"))
+    bad.write_bytes(fake_module("uwb", OTHER_KERNEL))
+    junk.write_bytes(b"not a module")
+    assert vermagic_of(good.read_bytes()) == VERMAGIC
+    args = ["--state", str(state)]
+    assert kmod.main([*args, "insmod", str(good)]) == 0
+    assert kmod.main([*args, "insmod", str(good)]) == 1
+    assert "File exists" in capsys.readouterr().err
+    assert kmod.main([*args, "insmod", str(bad)]) == 1
+    assert f"uwb: version magic '{OTHER_KERNEL}' should be '{VERMAGIC}'" in capsys.readouterr().err
+    assert kmod.main([*args, "insmod", str(junk)]) == 1
+    assert "Invalid module format" in capsys.readouterr().err
+    assert kmod.main([*args, "rmmod", "uwb"]) == 1
+    assert "uwb is not currently loaded" in capsys.readouterr().err
+    assert list(loaded(state)) == ["radio"]
+    assert kmod.main([*args, "rmmod", "radio"]) == 0 and loaded(state) == {}
+
+
+async def test_new_drivers_replace_and_reload_the_old_ones(
+    tmp_path: Path, drivers: tuple[DriverUpgrader, Path]
+) -> None:
+    upgrader, state = drivers
+    await upgrader.install(package(tmp_path, "1.0.0", {"radio.ko": VERMAGIC}))
+    assert list(loaded(state)) == ["radio"]
+    await upgrader.install(package(tmp_path, "2.0.0", {"radio.ko": VERMAGIC, "uwb.ko": VERMAGIC}))
+    assert upgrader.store.version() == "2.0.0"
+    now = loaded(state)
+    assert sorted(now) == ["radio", "uwb"]
+    assert all("/releases/2.0.0/files/" in path for path in now.values()), now
+
+
+async def test_a_module_for_another_kernel_rolls_back_and_reloads_the_old_drivers(
+    tmp_path: Path, drivers: tuple[DriverUpgrader, Path]
+) -> None:
+    upgrader, state = drivers
+    await upgrader.install(package(tmp_path, "1.0.0", {"radio.ko": VERMAGIC}))
+    mixed = package(tmp_path, "2.0.0", {"a-radio.ko": VERMAGIC, "b-uwb.ko": OTHER_KERNEL})
+    with pytest.raises(SwitchFailed) as failed:
+        await upgrader.install(mixed)
+    reason = str(failed.value)
+    assert re.search(r"driver b-uwb\.ko does not load: .*Invalid module format", reason), reason
+    assert f"version magic '{OTHER_KERNEL}' should be '{VERMAGIC}'" in reason
+    assert reason.endswith("rolled back to 1.0.0")
+    assert upgrader.store.version() == "1.0.0"
+    now = loaded(state)
+    assert list(now) == ["radio"]  # a-radio, loaded before b-uwb failed, is unloaded again
+    assert "/releases/1.0.0/files/radio.ko" in now["radio"]
+    assert [m.name for m in modules_in(upgrader.store.current.resolve())] == ["radio.ko"]
