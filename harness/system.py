@@ -22,6 +22,11 @@ from .protocol import DeviceSecret
 log = logging.getLogger("ota_hil.system")
 
 
+#: The simulated module loader, run as a script (a standalone file: starting it does not
+#: import the simulation packages).
+KMOD = Path(__file__).resolve().parent.parent / "sims" / "kmod.py"
+
+
 @dataclass
 class SystemConfig:
     broker: str = "embedded"
@@ -128,7 +133,7 @@ class OtaSystem:
         harness's gateway must never load modules into the kernel of the machine it runs
         on. Its loaded modules are kept in the gateway's state folder."""
         state = shlex.quote(str(self.state_dir / "kmod.json"))
-        return f"{shlex.quote(sys.executable)} -m sims.kmod --state {state} {command}"
+        return f"{shlex.quote(sys.executable)} {shlex.quote(str(KMOD))} --state {state} {command}"
 
     async def start_gateway(self) -> GatewayAgent:
         """(Re)start the reference gateway; its state folder survives a restart."""

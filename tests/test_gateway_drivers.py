@@ -3,15 +3,17 @@ process through the configured commands): the kernel of this machine is never to
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
-from harness.gateway.appstore import SwitchFailed
+from harness.gateway.appstore import STEPS, SwitchFailed
 from harness.gateway.drivers import DriverUpgrader, modules_in
 from harness.packages import build_package
 from sims import kmod
@@ -38,7 +40,8 @@ def loaded(state: Path) -> dict[str, str]:
 @pytest.fixture
 def drivers(tmp_path: Path) -> tuple[DriverUpgrader, Path]:
     state = tmp_path / "kmod.json"
-    loader = f"{shlex.quote(sys.executable)} -m sims.kmod --state {shlex.quote(str(state))}"
+    script = f"{shlex.quote(sys.executable)} {shlex.quote(kmod.__file__)}"
+    loader = f"{script} --state {shlex.quote(str(state))}"
     upgrader = DriverUpgrader(
         tmp_path / "drivers",
         load_command=f"{loader} insmod {{path}}",
@@ -100,3 +103,52 @@ async def test_a_module_for_another_kernel_rolls_back_and_reloads_the_old_driver
     assert list(now) == ["radio"]  # a-radio, loaded before b-uwb failed, is unloaded again
     assert "/releases/1.0.0/files/radio.ko" in now["radio"]
     assert [m.name for m in modules_in(upgrader.store.current.resolve())] == ["radio.ko"]
+
+
+CRASH = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from pathlib import Path
+    from harness.gateway.drivers import DriverUpgrader
+
+    root, package, at, load, unload = sys.argv[1:6]
+
+    def cut(step):
+        if step == at:
+            os._exit(137)  # power gone: nothing flushed, nothing cleaned
+
+    upgrader = DriverUpgrader(Path(root), load_command=load, unload_command=unload, on_step=cut)
+    asyncio.run(upgrader.install(Path(package)))
+    sys.exit(0)
+    """
+)
+
+
+@pytest.mark.parametrize("step", STEPS)
+async def test_a_power_loss_after_any_step_of_a_driver_switch_leaves_old_or_new(
+    tmp_path: Path, drivers: tuple[DriverUpgrader, Path], step: str
+) -> None:
+    upgrader, _ = drivers
+    await upgrader.install(package(tmp_path, "1.0.0", {"radio.ko": VERMAGIC}))
+    old = upgrader.store.live_files()
+    new_package = package(tmp_path, "2.0.0", {"radio.ko": VERMAGIC, "uwb.ko": VERMAGIC})
+    died = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-c", CRASH, str(upgrader.store.root), str(new_package), step),
+        *(upgrader.load_command, upgrader.unload_command),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(died.communicate(), 60)
+    assert died.returncode == 137, err.decode()
+    new = {name: fake_module(name[:-3], VERMAGIC, b"2.0.0") for name in ("radio.ko", "uwb.ko")}
+    assert upgrader.store.live_files() in (old, new)  # before any recovery: one whole release
+    restarted = DriverUpgrader(
+        upgrader.store.root,
+        load_command=upgrader.load_command,
+        unload_command=upgrader.unload_command,
+    )  # its construction recovers, as a gateway start does
+    committed = STEPS.index(step) >= STEPS.index("committed")
+    assert restarted.store.version() == ("2.0.0" if committed else "1.0.0")
+    expected = ["radio.ko", "uwb.ko"] if committed else ["radio.ko"]
+    assert [m.name for m in modules_in(restarted.store.current.resolve())] == expected
+    assert restarted.store.live_files() == (new if committed else old)
+    assert not restarted.store.journal.exists()
