@@ -10,6 +10,7 @@ from harness.pytest_plugin import Ota, target_and_rig
 from harness.system import SystemConfig
 from rigs.lock import RigLock
 
+from .steps.camera_steps import *  # noqa: F403
 from .steps.common import scenario  # noqa: F401  (fixture)
 from .steps.fleet_steps import *  # noqa: F403
 from .steps.gateway_steps import *  # noqa: F403

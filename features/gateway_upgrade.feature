@@ -43,7 +43,7 @@ Feature: Upgrading the gateway's own firmware
     Then the answer is "1.0.0"
 
   Scenario: An upgrade for a target the gateway does not support is refused
-    Given a firmware "1.1.0" of 16 KiB for the gateway with parameter target "wifi"
+    Given a firmware "1.1.0" of 16 KiB for the gateway with parameter target "zigbee"
     When the platform pushes the firmware to the gateway
     Then the gateway's record fails within 10 seconds with a reason containing "unsupported_target"
     And the gateway runs version "1.0.0"

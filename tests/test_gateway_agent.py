@@ -467,16 +467,29 @@ async def test_garbage_without_message_id_gets_no_reply(
     assert isinstance(agent.errors[0], MessageError)
 
 
-async def test_unsupported_target_is_refused(
+async def test_an_undecided_target_is_refused_as_not_supported_yet(
     agent: GatewayAgent, platform: Platform, files: FileServer
 ) -> None:
     await platform.send(f"{OWN}/upgrade", seed_upgrade(files.url(), parameters={"target": "wifi"}))
     await eventually(lambda: platform.on(f"{OWN}/upgrade/reply"), "the refusal")
     [refusal] = platform.on(f"{OWN}/upgrade/reply")
+    assert (refusal["success"], refusal["code"]) == (False, "not_supported_yet")
+    assert refusal["message"] == "WiFi module upgrades are not supported yet by this gateway"
+    assert not files.requests and not agent.jobs
+
+
+async def test_unsupported_target_is_refused(
+    agent: GatewayAgent, platform: Platform, files: FileServer
+) -> None:
+    await platform.send(
+        f"{OWN}/upgrade", seed_upgrade(files.url(), parameters={"target": "zigbee"})
+    )
+    await eventually(lambda: platform.on(f"{OWN}/upgrade/reply"), "the refusal")
+    [refusal] = platform.on(f"{OWN}/upgrade/reply")
     assert refusal["messageId"] == MESSAGE_ID
     assert refusal["success"] is False
     assert refusal["code"] == "unsupported_target"
-    assert "'wifi'" in refusal["message"]
+    assert "'zigbee'" in refusal["message"]
     assert "gateway" in refusal["message"]
     await platform.read_round_trip()
     assert platform.on(f"{OWN}/upgrade/progress") == []
