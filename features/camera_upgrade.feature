@@ -1,3 +1,4 @@
+@needs_sim
 Feature: Upgrading cameras behind the gateway over ULC
   Cameras are child devices of the gateway; each record follows its own camera. The
   gateway checks a camera package whole (kind, version, every file's digest), sends its

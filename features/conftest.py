@@ -42,7 +42,9 @@ def target(request: pytest.FixtureRequest, _rig_lock: None, ota_log: Path) -> Ta
         if reporter is not None:
             reporter.write_line(f"ota-hil: {line}")
 
-    return Target(kind, rig, logs, say)
+    target = Target(kind, rig, logs, say)
+    target.check_needs(request.node)
+    return target
 
 
 @pytest.fixture

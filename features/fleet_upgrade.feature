@@ -1,3 +1,4 @@
+@needs_nodes
 Feature: Upgrading radio nodes behind the gateway
   The platform pushes a firmware to the 324 or BLE nodes behind the gateway. The
   gateway broadcasts the image, reads each node's bitmap and repairs, exchanges keys

@@ -9,6 +9,7 @@ Feature: Upgrading the gateway's own files: its application and its kernel drive
   Background:
     Given the reference gateway is online at version "1.0.0"
 
+  @needs_in_process_gateway
   Scenario Outline: A new <component> version is installed and runs
     Given the gateway <component> runs version "1.0.0"
     When the platform pushes <component> package "2.0.0"
@@ -21,6 +22,7 @@ Feature: Upgrading the gateway's own files: its application and its kernel drive
       | app       |
       | drivers   |
 
+  @needs_in_process_gateway
   Scenario Outline: A corrupted <component> package fails before anything changes
     Given the gateway <component> runs version "1.0.0"
     When the platform pushes <component> package "2.0.0" with a file that does not match its digest
@@ -33,6 +35,7 @@ Feature: Upgrading the gateway's own files: its application and its kernel drive
       | app       |
       | drivers   |
 
+  @needs_in_process_gateway
   Scenario Outline: A <component> release that fails its check is rolled back (<why>)
     Given the gateway <component> runs version "1.0.0"
     When the platform pushes <component> package "2.0.0" that fails once switched in
@@ -46,6 +49,7 @@ Feature: Upgrading the gateway's own files: its application and its kernel drive
       | app       | a library that won't load  | lib/libota.so does not load             |
       | drivers   | built for another kernel   | version magic '5.4.0 SMP mod_unload aarch64' should be |
 
+  @needs_in_process_gateway
   Scenario Outline: A power loss mid-switch leaves the old or the new <component> (after <step>)
     Given the gateway <component> runs version "1.0.0"
     And the gateway loses power after the <component> switch step "<step>"

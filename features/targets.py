@@ -107,6 +107,17 @@ class Target:
         self._gateway: ChildProcess | None = None
         self._state: tempfile.TemporaryDirectory[str] | None = None
 
+    def check_needs(self, node: pytest.Item) -> None:
+        """Skip a scenario whose feature tags (``@needs_nodes``, ``@needs_sim``,
+        ``@needs_in_process_gateway``) ask for what this target lacks, before anything
+        is started for it."""
+        if node.get_closest_marker("needs_sim"):
+            self.require_sim("the scenario")
+        if node.get_closest_marker("needs_nodes") and self.kind == "external":
+            skip("target external has no nodes behind the harness's control")
+        if node.get_closest_marker("needs_in_process_gateway"):
+            self.require_in_process_gateway("the scenario")
+
     # -- the system ------------------------------------------------------------------------
 
     def config(self, broker: str, check_interval: float) -> SystemConfig:
