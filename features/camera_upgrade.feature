@@ -32,6 +32,15 @@ Feature: Upgrading cameras behind the gateway over ULC
     And camera 0 runs version "2.0.0" with its new files
     And the platform shows camera 0 at version "2.0.0"
 
+  Scenario: A camera that loses power mid-transfer boots its old app and the transfer resumes
+    Given camera 0 loses power after 40000 bytes
+    When the platform pushes camera package "2.0.0" to camera 0
+    Then camera 0's record ends in success within 30 seconds
+    And camera 0 rebooted on version "1.0.0" during the transfer
+    And camera 0 resumed the transfer at byte 40000
+    And camera 0 runs version "2.0.0" with its new files
+    And the platform shows camera 0 at version "2.0.0"
+
   Scenario: A file the camera rejects fails the upgrade with the camera's reason
     Given camera 0 rejects files matching "bin/*"
     When the platform pushes camera package "2.0.0" to camera 0

@@ -61,6 +61,9 @@ class CameraFaults:
     reject_reason: str = TOO_LARGE
     #: After a COMMIT, come back on the old app (its self-test failed: a rollback).
     boot_old_version: bool = False
+    #: Lose power once, after this many bytes of a transfer: the connection drops and the
+    #: camera reboots on the app it runs, keeping what it had staged in its flash.
+    power_loss_after_bytes: int | None = None
 
 
 class CommitError(Exception):
@@ -233,6 +236,8 @@ class SimCamera:
         self.cuts: list[tuple[str, int]] = []
         self.violations: list[str] = []
         self.restarts = 0
+        #: The version the camera came back on, after each restart.
+        self.boots: list[str | None] = []
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -318,18 +323,23 @@ class SimCamera:
                 self.accepted.append((spec.path, held))
                 return receiver.accept(held)
             case DataReceived(file=spec, offset=offset, data=data):
-                cut = faults.cut_after_bytes
+                power_loss = faults.power_loss_after_bytes
+                cut = faults.cut_after_bytes if power_loss is None else power_loss
                 if cut is not None and not self.cuts and conn.received + len(data) >= cut:
                     keep = cut - conn.received
                     self.flash.write(spec, offset, data[:keep])
                     self.bytes_received += keep
                     self.cuts.append((spec.path, offset + keep))
                     log.info(
-                        "%s: cutting the connection at %s byte %d",
+                        "%s: %s at %s byte %d",
                         self.camera_id,
+                        "power lost" if power_loss is not None else "cutting the connection",
                         spec.path,
                         offset + keep,
                     )
+                    if power_loss is not None:
+                        self.restarting = True
+                        self._spawn(self._restart(after_commit=False))
                     raise _Cut
                 try:
                     self.flash.write(spec, offset, data)
@@ -356,13 +366,14 @@ class SimCamera:
                 log.info("%s: the gateway aborted: %s", self.camera_id, reason)
         return []
 
-    async def _restart(self) -> None:
+    async def _restart(self, after_commit: bool = True) -> None:
         try:
             await asyncio.sleep(self.restart_delay)
-            if self.faults.boot_old_version:
+            if after_commit and self.faults.boot_old_version:
                 log.info("%s: self-test failed: back to the old app", self.camera_id)
                 self.flash.rollback()
             self.restarts += 1
+            self.boots.append(self.flash.version())
         finally:
             self.restarting = False
 

@@ -61,6 +61,20 @@ def _(scenario: ScenarioContext, index: int, count: int) -> None:
     _camera(scenario, index).faults.cut_after_bytes = count
 
 
+@given(parsers.parse("camera {index:d} loses power after {count:d} bytes"))
+def _(scenario: ScenarioContext, index: int, count: int) -> None:
+    _camera(scenario, index).faults.power_loss_after_bytes = count
+
+
+@then(parsers.parse('camera {index:d} rebooted on version "{version}" during the transfer'))
+def _(scenario: ScenarioContext, index: int, version: str) -> None:
+    camera = _camera(scenario, index)
+    assert camera.restarts == 2, (
+        f"expected the power-loss boot and the commit's restart, got {camera.restarts}"
+    )
+    assert camera.boots[0] == version, camera.boots
+
+
 @given(parsers.parse('camera {index:d} rejects files matching "{pattern}"'))
 def _(scenario: ScenarioContext, index: int, pattern: str) -> None:
     _camera(scenario, index).faults.reject_file = pattern
