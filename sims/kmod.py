@@ -21,19 +21,26 @@ from pathlib import Path
 VERMAGIC = "5.10.110 SMP preempt mod_unload aarch64"
 
 
-def vermagic_of(data: bytes) -> str | None:
-    """The ``vermagic=`` string of a module's .modinfo, or None."""
-    start = data.find(b"vermagic=")
+def modinfo(data: bytes, key: str) -> str | None:
+    """The ``key=`` string of a module's .modinfo (NUL-separated), or None."""
+    tag = key.encode() + b"="
+    start = data.find(b"\0" + tag)
     if start < 0:
         return None
+    start += 1 + len(tag)
     end = data.find(b"\0", start)
-    return data[start + len(b"vermagic=") : end if end >= 0 else None].decode(errors="replace")
+    return data[start : end if end >= 0 else None].decode(errors="replace")
+
+
+def vermagic_of(data: bytes) -> str | None:
+    """The ``vermagic=`` string of a module's .modinfo, or None."""
+    return modinfo(data, "vermagic")
 
 
 def fake_module(name: str, vermagic: str = VERMAGIC, body: bytes = b"") -> bytes:
     """The bytes of a module file this loader accepts (when ``vermagic`` matches)."""
-    modinfo = f"license=GPL\0name={name}\0vermagic={vermagic}\0".encode()
-    return b"\x7fELF\x02\x01\x01" + bytes(57) + body + modinfo
+    info = f"\0license=GPL\0name={name}\0vermagic={vermagic}\0".encode()
+    return b"\x7fELF\x02\x01\x01" + bytes(57) + body + info
 
 
 def _load_state(path: Path) -> dict[str, str]:
@@ -51,13 +58,14 @@ def _save_state(path: Path, state: dict[str, str]) -> None:
 
 
 def insmod(state_path: Path, module: Path, vermagic: str) -> int:
-    name = module.name.removesuffix(".ko").replace("-", "_")
     state = _load_state(state_path)
     try:
         data = module.read_bytes()
     except OSError as exc:
         print(f"insmod: ERROR: could not load module {module}: {exc.strerror}", file=sys.stderr)
         return 1
+    # The kernel names a module by its own name, not by its file's.
+    name = (modinfo(data, "name") or module.name.removesuffix(".ko")).replace("-", "_")
     if name in state:
         print(f"insmod: ERROR: could not insert module {module}: File exists", file=sys.stderr)
         return 1

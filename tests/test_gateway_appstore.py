@@ -177,3 +177,68 @@ async def test_a_power_loss_after_any_step_leaves_old_or_new(
     # And the store takes the next upgrade.
     v3 = {**NEW, "main.lua": b"print('v3')\n"}
     assert await restarted.install(make_package(tmp_path, "3.0.0", v3), healthy) == "3.0.0"
+
+
+async def test_a_cancelled_install_switches_back_and_kills_its_check(
+    tmp_path: Path, store: AppStore
+) -> None:
+    started, marker = tmp_path / "check-started", tmp_path / "check-still-running"
+    check = command_check(f"touch {started}; sleep 0.3; touch {marker}; sleep 30")
+    install = asyncio.create_task(store.install(make_package(tmp_path, "2.0.0", NEW), check))
+    while not started.exists():
+        await asyncio.sleep(0.01)
+    assert store.version() == "2.0.0"  # switched, being checked
+    install.cancel()  # the gateway stops during the check
+    with pytest.raises(asyncio.CancelledError):
+        await install
+    assert store.version() == "1.0.0" and store.live_files() == OLD
+    assert not store.journal.exists()
+    assert [p.name for p in store.releases.iterdir()] == ["1.0.0"]
+    await asyncio.sleep(0.5)
+    assert not marker.exists()  # the check's process group was killed with it
+
+
+async def test_two_installs_at_once_run_one_after_the_other(
+    tmp_path: Path, store: AppStore
+) -> None:
+    v3 = {**NEW, "main.lua": b"print('v3')\n"}
+    first, second = await asyncio.gather(
+        store.install(make_package(tmp_path, "2.0.0", NEW), healthy),
+        store.install(make_package(tmp_path, "3.0.0", v3), healthy),
+    )
+    assert (first, second) == ("2.0.0", "3.0.0")
+    assert store.version() == "3.0.0" and store.live_files() == v3
+    assert store.manifest(store.previous).version == "2.0.0"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "journal",
+    [
+        '{"state": "switching", "from": "1.0.0", "to": "../../victim"}',
+        '{"state": "committed", "from": 7, "to": "1.0.0"}',
+        "[1, 2]",
+        "not json",
+    ],
+)
+async def test_a_journal_that_names_no_release_is_ignored(
+    tmp_path: Path, store: AppStore, journal: str
+) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    store.journal.write_text(journal)
+    store.recover()
+    assert victim.exists()
+    assert not store.journal.exists()
+    assert store.version() == "1.0.0" and store.live_files() == OLD
+
+
+async def test_the_default_check_takes_only_libraries_and_loads_them_in_any_order(
+    tmp_path: Path,
+) -> None:
+    import _ctypes
+
+    files = tmp_path / "files"
+    (files / "lib").mkdir(parents=True)
+    (files / "lib" / "libz.so.1").write_bytes(Path(_ctypes.__file__).read_bytes())
+    (files / "api.socket.lua").write_text("return {}\n")  # not a library, despite ".so"
+    await default_check(files)

@@ -152,3 +152,35 @@ async def test_a_power_loss_after_any_step_of_a_driver_switch_leaves_old_or_new(
     assert [m.name for m in modules_in(restarted.store.current.resolve())] == expected
     assert restarted.store.live_files() == (new if committed else old)
     assert not restarted.store.journal.exists()
+
+
+async def test_modules_are_unloaded_by_their_own_name_not_their_file_name(
+    tmp_path: Path, drivers: tuple[DriverUpgrader, Path]
+) -> None:
+    upgrader, state = drivers
+    await upgrader.install(package(tmp_path, "1.0.0", {"10-radio.ko": VERMAGIC}))
+    (tmp_path / "drivers-1.0.0").rename(tmp_path / "old-src")
+    folder = tmp_path / "drivers-2.0.0"
+    folder.mkdir()
+    (folder / "20-radio.ko").write_bytes(fake_module("radio", VERMAGIC, b"2.0.0"))
+    out = tmp_path / "drivers-2.0.0.tar.gz"
+    build_package(folder, out, kind="driver", version="2.0.0")
+    assert await upgrader.install(out) == "2.0.0"  # rmmod radio, not rmmod 10-radio
+    assert list(loaded(state)) == ["radio"]
+    assert loaded(state)["radio"].endswith("/releases/2.0.0/files/20-radio.ko")
+
+
+async def test_an_unload_that_hangs_still_leaves_the_old_drivers_loaded(
+    tmp_path: Path, drivers: tuple[DriverUpgrader, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upgrader, state = drivers
+    await upgrader.install(package(tmp_path, "1.0.0", {"a.ko": VERMAGIC, "b.ko": VERMAGIC}))
+    monkeypatch.setattr("harness.gateway.drivers.COMMAND_TIMEOUT", 0.5)
+    # Unloading goes b, then a: b is unloaded, rmmod a hangs (a module stuck in use), and
+    # then c does not load.
+    upgrader.unload_command = f"if [ {{name}} = a ]; then sleep 30; fi; {upgrader.unload_command}"
+    broken = package(tmp_path, "2.0.0", {"c.ko": OTHER_KERNEL})
+    with pytest.raises(SwitchFailed, match=re.escape("rolled back to 1.0.0")):
+        await upgrader.install(broken)
+    assert sorted(loaded(state)) == ["a", "b"]
+    assert upgrader.store.version() == "1.0.0"

@@ -372,7 +372,8 @@ class GatewayAgent:
                 str(topic), f"successful pull reply without firmware: {exc}"
             ) from None
         target = self._target_of(topic, firmware.parameters)
-        if target is None or self.upgraders.get(target) is None or topic.device_id in self.jobs:
+        upgrader = self.upgraders.get(target) if target else None
+        if upgrader is None or getattr(upgrader, "refusal", None) or topic.device_id in self.jobs:
             log.warning("%s: cannot act on pull reply for target %r", self.device_id, target)
             return
         self._start_job(Job(topic.device_id, target, firmware, topic))

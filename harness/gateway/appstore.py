@@ -37,6 +37,8 @@ log = logging.getLogger("ota_hil.gateway.appstore")
 STEPS = ("staged", "released", "journal", "flipped", "checked", "committed", "cleaned")
 
 HealthCheck = Callable[[Path], Awaitable[None]]
+#: What a release folder may be named (a journal naming anything else is not trusted).
+_RELEASE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,63}")
 #: Seconds each of a package's pre or post commands may take.
 ACTION_TIMEOUT = 60.0
 #: Called after each step; tests make it cut the power.
@@ -53,6 +55,8 @@ class AppStore:
         self.previous = root / "previous"
         self.journal = root / "switch.json"
         self.on_step = on_step
+        self._lock = asyncio.Lock()
+        self._manifest: tuple[str, Manifest] | None = None
 
     # -- what is live ----------------------------------------------------------------------
 
@@ -61,11 +65,15 @@ class AppStore:
         target = self._target(link or self.current)
         if target is None:
             return None
+        if self._manifest is not None and self._manifest[0] == target.name:
+            return self._manifest[1]  # a release never changes once named
         try:
-            return Manifest.from_json((target / MANIFEST).read_bytes())
+            manifest = Manifest.from_json((target / MANIFEST).read_bytes())
         except Exception:
             log.warning("%s: release %s has no readable manifest", self.root, target.name)
             return None
+        self._manifest = (target.name, manifest)
+        return manifest
 
     def version(self) -> str | None:
         manifest = self.manifest()
@@ -94,8 +102,13 @@ class AppStore:
     async def install(self, package: Path, check: HealthCheck, kind: str | None = None) -> str:
         """Make ``package`` the live release if it passes ``check``; else keep the old one.
         Returns the new version; raises SwitchFailed (PackageError for a bad package) with
-        the old release live and nothing of the new one left."""
-        self.recover()
+        the old release live and nothing of the new one left. Cancelled (the gateway
+        stopping), it switches back before it ends. One install at a time per store."""
+        async with self._lock:
+            return await self._install(package, check, kind)
+
+    async def _install(self, package: Path, check: HealthCheck, kind: str | None) -> str:
+        await asyncio.to_thread(self.recover)
         self.releases.mkdir(parents=True, exist_ok=True)
         staging = self.releases / f".staging-{secrets.token_hex(4)}"
         staging.mkdir()
@@ -110,7 +123,7 @@ class AppStore:
             name = self._release_name(manifest.version)
             release = self.releases / name
             staging.rename(release)
-        except Exception:
+        except (Exception, asyncio.CancelledError):
             shutil.rmtree(staging, ignore_errors=True)
             raise
         _fsync_dir(self.releases)
@@ -123,15 +136,18 @@ class AppStore:
         try:
             await run_actions("post", list(manifest.post), release / "files", ACTION_TIMEOUT)
             await check(release / "files")
+        except asyncio.CancelledError:
+            self._undo(old and old.name, name)  # at once: no await may be cancelled again
+            raise
         except Exception as exc:
-            self._undo(old and old.name, name)
+            await asyncio.to_thread(self._undo, old and old.name, name)
             reason = str(exc) if isinstance(exc, SwitchFailed) else f"{type(exc).__name__}: {exc}"
             back = f"rolled back to {self.version()}" if old else "removed"
             raise SwitchFailed(f"{reason}; {back}") from None
         self._step("checked")
         self._write_journal({"state": "committed", "from": old and old.name, "to": name})
         self._step("committed")
-        self._finish(old and old.name)
+        await asyncio.to_thread(self._finish, old and old.name)
         self._step("cleaned")
         return manifest.version
 
@@ -162,7 +178,7 @@ class AppStore:
             self.on_step(name)
 
     def _release_name(self, version: str) -> str:
-        base = re.sub(r"[^A-Za-z0-9._+-]", "_", version)[:48] or "release"
+        base = re.sub(r"[^A-Za-z0-9._+-]", "_", version)[:48].lstrip(".") or "release"
         name = base
         while (self.releases / name).exists():
             name = f"{base}-{secrets.token_hex(3)}"
@@ -170,6 +186,7 @@ class AppStore:
 
     def _point(self, link: Path, name: str | None) -> None:
         """Make ``link`` name release ``name`` (None: remove it) in one rename."""
+        self._manifest = None
         if name is None:
             link.unlink(missing_ok=True)
         else:
@@ -209,13 +226,20 @@ class AppStore:
             return None
         except (OSError, ValueError):
             data = None
-        if not isinstance(data, dict):
+        names_ok = isinstance(data, dict) and all(
+            data.get(key) is None or self._is_release_name(data.get(key)) for key in ("from", "to")
+        )
+        if not names_ok:
             # Written by rename, so this is not a torn write: someone else's file. The links
             # are each whole, so leave them as they are.
             log.error("%s: unreadable switch journal ignored; the links stay", self.root)
             self.journal.unlink(missing_ok=True)
             return None
         return data
+
+    @staticmethod
+    def _is_release_name(name: object) -> bool:
+        return isinstance(name, str) and bool(_RELEASE_NAME.fullmatch(name))
 
     def _write_journal(self, data: dict[str, str | None]) -> None:
         tmp = self.journal.with_name(f".{self.journal.name}.new")

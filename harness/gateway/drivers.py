@@ -91,24 +91,25 @@ class DriverUpgrader:
         return version
 
     async def install(self, package: Path) -> str:
-        """Switch to ``package``'s modules; the old ones stay (loaded) when the new ones
-        do not load."""
+        """Switch to ``package``'s modules; the old ones are loaded again when the new ones
+        do not load, or when the switch is cancelled half way."""
+        await asyncio.to_thread(self.store.recover)  # the old release is the one that stays
         old = self.store.current.resolve() if self.store.current.is_symlink() else None
         old_modules = modules_in(old)
 
         async def reload(files: Path) -> None:
-            for module in reversed(old_modules):
-                await self._unload(module, strict=False)
             loaded: list[Path] = []
             try:
+                for module in reversed(old_modules):
+                    await self._unload(module, strict=False)
                 for module in modules_in(files):
                     await self._load(module)
                     loaded.append(module)
-            except SwitchFailed:
+            except BaseException:
                 for module in reversed(loaded):
-                    await self._unload(module, strict=False)
+                    await asyncio.shield(self._unload(module, strict=False))
                 for module in old_modules:
-                    await self._load(module, strict=False)
+                    await asyncio.shield(self._load(module, strict=False))
                 raise
 
         return await self.store.install(package, reload, kind=self.kind)
@@ -120,12 +121,34 @@ class DriverUpgrader:
         await self._run(self.unload_command, module, "does not unload", strict)
 
     async def _run(self, template: str, module: Path, what: str, strict: bool) -> None:
-        name = module.name.removesuffix(".ko")
+        name = module_name(module)
         command = template.format(path=shlex.quote(str(module)), name=shlex.quote(name))
-        code, out = await run_command(["/bin/sh", "-c", command], module.parent, COMMAND_TIMEOUT)
+        try:
+            code, out = await run_command(
+                ["/bin/sh", "-c", command], module.parent, COMMAND_TIMEOUT
+            )
+        except (SwitchFailed, OSError) as exc:
+            code, out = -1, str(exc)
         if code == 0:
             return
         reason = f"driver {module.name} {what}: {' / '.join(out.splitlines()) or f'exit {code}'}"
         if strict:
             raise SwitchFailed(reason)
         log.warning("%s", reason)
+
+
+def module_name(module: Path) -> str:
+    """The kernel's name for a module: ``name=`` in its .modinfo (what rmmod wants), else
+    the file name; dashes read as underscores, as the kernel does."""
+    try:
+        data = module.read_bytes()
+    except OSError:
+        data = b""
+    tag = b"\0name="
+    at = data.find(tag)
+    if at >= 0:
+        end = data.find(b"\0", at + len(tag))
+        name = data[at + len(tag) : end if end >= 0 else None].decode(errors="replace")
+    else:
+        name = module.name.removesuffix(".ko")
+    return name.replace("-", "_")

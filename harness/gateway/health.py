@@ -3,6 +3,7 @@ committed: a failing one switches back. Each failure says which file or command.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -13,22 +14,37 @@ from .commands import run_command
 #: Seconds a check may take before it counts as failed.
 CHECK_TIMEOUT = 30.0
 
-_LOAD_SO = (
-    "import ctypes, sys\n"
-    "for path in sys.argv[1:]:\n"
-    "    try:\n"
-    "        ctypes.CDLL(path)\n"
-    "    except OSError as exc:\n"
-    "        print(path, exc, sep='\\t'); sys.exit(1)\n"
-)
+# Libraries are loaded globally, in passes: one that needs a sibling loads once the
+# sibling has (the dynamic loader matches an already loaded soname).
+_LOAD_SO = """
+import ctypes, sys
+pending, errors = list(sys.argv[1:]), {}
+while pending:
+    failed = []
+    for path in pending:
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError as exc:
+            failed.append(path)
+            errors[path] = exc
+    if len(failed) == len(pending):
+        print(failed[0], errors[failed[0]], sep="\t")
+        sys.exit(1)
+    pending = failed
+"""
+_LIBRARY = re.compile(r".+\.so(\.\d+)*")
 
 
 async def default_check(files: Path, timeout: float = CHECK_TIMEOUT) -> None:
     """Every .so loads (in a child process, so a bad library cannot take the gateway down)
     and every .lua parses (``luac -p`` where installed, else: readable UTF-8 text)."""
-    libraries = sorted(p for p in files.rglob("*.so*") if p.is_file())
+    libraries = sorted(
+        p for p in files.rglob("*.so*") if p.is_file() and _LIBRARY.fullmatch(p.name)
+    )
     for library in libraries:
-        if library.read_bytes()[:4] != b"\x7fELF":
+        with library.open("rb") as file:
+            magic = file.read(4)
+        if magic != b"\x7fELF":
             raise SwitchFailed(f"health check: {_rel(library, files)} is not an ELF library")
     if libraries:
         code, out = await run_command(
