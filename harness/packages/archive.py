@@ -1,8 +1,10 @@
 """Package archives: build one from a folder, read its manifest, verify and unpack it.
 
 Reading never trusts the archive: every member is checked before a byte is written, the
-decompressed stream is bounded (a small download cannot unpack to a full disk), and files
-are written one by one with ``os.open`` under a fresh folder, never with ``extractall``.
+decompressed stream is bounded (a small download cannot unpack to a full disk), no header
+is read into memory past a small limit (a small download cannot fill memory either), and
+files are written one by one with ``os.open`` under a fresh folder, never with
+``extractall``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ MAX_FILES = 10_000
 #: Decompressed bytes allowed per member beyond its data: headers, long-name records, padding.
 _HEADER_ALLOWANCE = 16 << 10
 _CHUNK = 1 << 20
+#: The largest extended header (pax records, a GNU long name or long link) read. tarfile
+#: reads one whole into memory, so a bigger one is refused from its size, before it is read.
+MAX_EXTENDED_HEADER = 64 << 10
+#: Extended headers allowed before one member: GNU tar writes two at most (long name and
+#: long link), pax one (and a global one); tarfile follows a chain by recursion.
+_MAX_CHAINED = 8
+_EXTENDED = (
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+)
+_SPARSE = "sparse files are not allowed in a package"
 #: What a damaged archive or compressed stream raises from the standard library.
 _BROKEN = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError)
 _ARCHIVE = "archive"
@@ -176,6 +192,67 @@ class _Bounded:
         return self.stream.tell()
 
 
+class _Header(tarfile.TarInfo):
+    """A member's header, read by tarfile except where tarfile would read without a bound:
+    an extended header is refused past :data:`MAX_EXTENDED_HEADER` (from its size, before
+    it is read), as is a chain of more than :data:`_MAX_CHAINED` of them or global pax
+    records past the same limit in all; sparse files are refused (tarfile reads their maps
+    whole, and a package never needs one)."""
+
+    __slots__ = ()
+
+    def _proc_member(self, tar: _Reader) -> tarfile.TarInfo:  # type: ignore[override]
+        where = show(self.name)
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise refused(where, _SPARSE)
+        if self.type in _EXTENDED:
+            if self.size > MAX_EXTENDED_HEADER:
+                raise refused(
+                    where,
+                    f"extended header of {self.size} bytes exceeds "
+                    f"{MAX_EXTENDED_HEADER >> 10} KiB",
+                )
+            tar.chained += 1
+            if tar.chained > _MAX_CHAINED:
+                raise refused(where, f"more than {_MAX_CHAINED} extended headers in a row")
+            held = sum(len(k) + len(v) for k, v in tar.pax_headers.items())
+            if self.type == tarfile.XGLTYPE and held + self.size > MAX_EXTENDED_HEADER:
+                raise refused(
+                    where, f"global extended headers exceed {MAX_EXTENDED_HEADER >> 10} KiB"
+                )
+        return super()._proc_member(tar)  # type: ignore[misc]
+
+    def _sparse(self, member: tarfile.TarInfo, pax: dict[str, str]) -> PackageError:
+        return refused(show(pax.get("GNU.sparse.name", member.name)), _SPARSE)
+
+    def _proc_gnusparse_00(self, next: tarfile.TarInfo, pax: dict[str, str], buf: bytes) -> None:
+        raise self._sparse(next, pax)
+
+    def _proc_gnusparse_01(self, next: tarfile.TarInfo, pax: dict[str, str]) -> None:
+        raise self._sparse(next, pax)
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax: dict[str, str], tar: object) -> None:
+        raise self._sparse(next, pax)
+
+
+class _Reader(tarfile.TarFile):
+    """A TarFile reading :class:`_Header` headers that keeps of each member only what the
+    package reader uses: tarfile holds every member read, so an unused field (a pax
+    record, a user name) of up to 64 KiB per member would add up."""
+
+    tarinfo = _Header
+    #: Extended headers read since the last member.
+    chained = 0
+
+    def next(self) -> tarfile.TarInfo | None:
+        self.chained = 0
+        member = super().next()
+        if member is not None:
+            member.pax_headers = {}
+            member.uname = member.gname = member.linkname = ""
+        return member
+
+
 @contextmanager
 def _open(package: Path, max_bytes: int, max_files: int) -> Iterator[tarfile.TarFile]:
     """The package as a tar archive, whatever its compression."""
@@ -184,7 +261,7 @@ def _open(package: Path, max_bytes: int, max_files: int) -> Iterator[tarfile.Tar
         with _reading():
             stream = stack.enter_context(_decompressed(raw))
             tar = stack.enter_context(
-                tarfile.open(fileobj=_Bounded(stream, limit), mode="r:", encoding="utf-8")
+                _Reader.open(fileobj=_Bounded(stream, limit), mode="r:", encoding="utf-8")
             )
         yield tar
 
