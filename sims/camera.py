@@ -41,7 +41,7 @@ from harness.ulc.events import (
     ReceiverEvent,
     Violation,
 )
-from harness.ulc.frames import FileSpec
+from harness.ulc.frames import FileSpec, name_problem
 from harness.ulc.receiver import DEFAULT_WINDOW
 
 log = logging.getLogger("ota_hil.sims.camera")
@@ -64,6 +64,9 @@ class CameraFaults:
     #: Lose power once, after this many bytes of a transfer: the connection drops and the
     #: camera reboots on the app it runs, keeping what it had staged in its flash.
     power_loss_after_bytes: int | None = None
+    #: Drop the connection right after a COMMIT is made, before answering RESTARTING
+    #: (the answer is lost; the camera restarts on the new app all the same).
+    drop_after_commit: bool = False
 
 
 class CommitError(Exception):
@@ -216,6 +219,10 @@ class SimCamera:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        for what, value in (("camera id", camera_id), ("version", version)):
+            problem = name_problem(value)
+            if problem:
+                raise ValueError(f"{what} {problem}: HELLO cannot carry it")
         self.camera_id = camera_id
         self.flash = CameraFlash(root)
         if self.flash.version() is None:
@@ -357,8 +364,11 @@ class SimCamera:
                 except CommitError as exc:
                     return receiver.reject(str(exc))
                 self.restarting = True
-                receiver.restarting()
                 self._spawn(self._restart())
+                if faults.drop_after_commit:
+                    log.info("%s: dropping the connection after the COMMIT", self.camera_id)
+                    raise _Cut
+                receiver.restarting()
             case Violation(reason=reason):
                 self.violations.append(reason)
                 log.info("%s: protocol error: %s", self.camera_id, reason)

@@ -314,6 +314,86 @@ async def test_a_camera_that_does_not_come_back_fails_with_an_unknown_version(
     assert rig.upgrader.current_version("camera-0000") is None
 
 
+@pytest.mark.parametrize(
+    ("rig", "rolled_back"),
+    [
+        (CameraFaults(drop_after_commit=True), False),
+        (CameraFaults(drop_after_commit=True, boot_old_version=True), True),
+    ],
+    indirect=["rig"],
+    ids=["committed", "rolled back"],
+)
+async def test_a_commit_whose_answer_is_lost_is_decided_by_the_version_after(
+    rig: Rig, rolled_back: bool
+) -> None:
+    camera = rig.cameras[0]
+    image = package(rig.tmp, "2.0.0")
+    if not rolled_back:
+        assert await rig.apply(0, "2.0.0", image) == "2.0.0"
+        assert camera.live_files() == camera_files("2.0.0")
+    else:
+        with pytest.raises(UpgradeFailed) as caught:
+            await rig.apply(0, "2.0.0", image)
+        assert str(caught.value).startswith(
+            f"camera camera-0000 ({camera.host}:{camera.port}): COMMIT of 2.0.0 sent, "
+            "outcome unknown: "
+        )
+        assert str(caught.value).endswith(
+            "; the camera answers on 1.0.0, not 2.0.0: it did not commit or it rolled back"
+        )
+        assert caught.value.version == "1.0.0"
+    assert camera.restarts == 1
+    assert rig.upgrader.current_version("camera-0000") == ("1.0.0" if rolled_back else "2.0.0")
+
+
+async def test_a_lost_commit_answer_and_no_camera_after_leave_the_outcome_unknown(
+    tmp_path: Path,
+) -> None:
+    patient = UlcPolicy(io_timeout=1.0, backoff=0.01, restart_timeout=0.3)
+    faults = CameraFaults(drop_after_commit=True)
+    async with SimCamera(
+        "camera-0000", tmp_path / "c", "1.0.0", faults=faults, restart_delay=60
+    ) as camera:
+        rig = Rig(tmp_path, [camera], patient)
+        await rig.upgrader.refresh()
+        with pytest.raises(UpgradeFailed) as caught:
+            await rig.apply(0, "2.0.0", package(tmp_path, "2.0.0"))
+    name = f"camera camera-0000 ({camera.host}:{camera.port})"
+    message = str(caught.value)
+    assert message.startswith(f"{name}: COMMIT of 2.0.0 sent, outcome unknown: ")
+    assert message.endswith(
+        f"; then {name} did not answer as ready within 0.3 s: its app is restarting; "
+        "version last known 1.0.0"
+    )
+    assert caught.value.version is None
+    assert rig.upgrader.current_version("camera-0000") is None
+
+
+async def test_a_version_the_link_cannot_carry_fails_the_job_naming_it(rig: Rig) -> None:
+    version = "\U0001d7d8" * 64  # 64 characters, as a manifest allows: 256 bytes of UTF-8
+    source = rig.tmp / "src"
+    for name, data in camera_files("2.0.0").items():
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_bytes(data)
+    image = rig.tmp / "camera.tar.gz"
+    build_package(source, image, kind="camera", version=version)
+    camera = rig.cameras[0]
+    with pytest.raises(UpgradeFailed) as caught:
+        await rig.apply(0, version, image)
+    assert str(caught.value) == (
+        f"camera camera-0000 ({camera.host}:{camera.port}): cannot send a COMMIT of {version}: "
+        "version is 256 bytes of UTF-8, more than 255"
+    )
+    assert caught.value.version == "1.0.0"
+    assert camera.version == "1.0.0" and camera.restarts == 0
+
+
+def test_a_simulated_camera_refuses_a_version_hello_cannot_carry(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^version is 256 bytes of UTF-8, more than 255: HELLO"):
+        SimCamera("camera-0000", tmp_path / "c", "\u00e9" * 128)
+    assert not (tmp_path / "c").exists()
+
+
 async def test_an_unknown_camera_and_an_unreachable_one(tmp_path: Path) -> None:
     async with SimCamera("camera-0000", tmp_path / "c", "1.0.0") as camera:
         address = camera.address

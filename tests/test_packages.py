@@ -18,6 +18,7 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -622,13 +623,164 @@ def test_a_zip_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
 
 
 def test_decompressed_stream_is_bounded(tmp_path: Path) -> None:
-    """A huge extended header is no file, but it is refused all the same."""
-    info, data = reg(MANIFEST, manifest_bytes({"a": b"x"}))
-    info.pax_headers = {"comment": "z" * (20 << 20)}
-    package = craft(tmp_path / "p.tgz", [(info, data), reg("files/a", b"x")])
+    """Headers within their own limits still count against the archive's decompressed bound."""
+    manifest = manifest_bytes({"a": b"x"})
+    info, data = reg(MANIFEST, manifest + b" " * ((16 << 20) - len(manifest)))
+    folder = tarfile.TarInfo("files")
+    folder.type = tarfile.DIRTYPE
+    folder.pax_headers = {"comment": "z" * (60 << 10)}
+    big = reg("files/a", b"x")
+    big[0].pax_headers = {"comment": "z" * (60 << 10)}
+    package = craft(tmp_path / "p.tar", [(info, data), (folder, None), big], compression="")
     with pytest.raises(PackageError, match=r"^package refused: archive: unpacks to more than"):
         read_manifest(package, max_bytes=1000, max_files=1)
     assert read_manifest(package).kind == "app"
+
+
+def blocks(info: tarfile.TarInfo, data: bytes = b"", fmt: int = tarfile.GNU_FORMAT) -> bytes:
+    """One member's bytes as tarfile writes them: header blocks, data, padding."""
+    info.size = len(data)
+    padding = -len(data) % tarfile.BLOCKSIZE
+    return info.tobuf(fmt, "utf-8", "surrogateescape") + data + bytes(padding)
+
+
+def raw_package(tmp_path: Path, *parts: bytes) -> Path:
+    """A plain tar of exactly these bytes, then the manifest and files of FILES_OK."""
+    body = b"".join(parts) + b"".join(blocks(i, d or b"") for i, d in good_members(FILES_OK))
+    package = tmp_path / "p.tar"
+    package.write_bytes(body + bytes(2 * tarfile.BLOCKSIZE))
+    return package
+
+
+def pax_records(kind: bytes, records: dict[str, str]) -> bytes:
+    return tarfile.TarInfo._create_pax_generic_header(records, kind, "utf-8")
+
+
+def long_name(size: int) -> bytes:
+    info = tarfile.TarInfo("././@LongLink")
+    info.type = tarfile.GNUTYPE_LONGNAME
+    return blocks(info, b"files/x".ljust(size, b"x"))
+
+
+def folder(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+EIGHT_MIB = 8 << 20
+
+
+@pytest.mark.parametrize(
+    ("member", "fmt", "reason"),
+    [
+        (
+            {"name": MANIFEST, "pax_headers": {"comment": "z" * EIGHT_MIB}},
+            tarfile.PAX_FORMAT,
+            f"././@PaxHeader: extended header of {EIGHT_MIB + 17} bytes exceeds 64 KiB",
+        ),
+        (
+            {"name": FILES + "a" * EIGHT_MIB},
+            tarfile.GNU_FORMAT,
+            f"././@LongLink: extended header of {EIGHT_MIB + 7} bytes exceeds 64 KiB",
+        ),
+        (
+            {"name": FILES + "l", "type": tarfile.SYMTYPE, "linkname": "t" * EIGHT_MIB},
+            tarfile.GNU_FORMAT,
+            f"././@LongLink: extended header of {EIGHT_MIB + 1} bytes exceeds 64 KiB",
+        ),
+    ],
+    ids=["pax comment", "GNU long name", "GNU long link"],
+)
+def test_a_huge_extended_header_is_refused_before_it_is_read(
+    tmp_path: Path, member: dict[str, object], fmt: int, reason: str
+) -> None:
+    """tarfile reads an extended header whole: 8 MiB of it is refused from its size."""
+    info = tarfile.TarInfo()
+    for field, value in member.items():
+        setattr(info, field, value)
+    package = tmp_path / "p.tgz"
+    with tarfile.open(package, "w:gz", format=fmt, compresslevel=1) as tar:
+        tar.addfile(info)
+        for good, data in good_members(FILES_OK):
+            tar.addfile(good, io.BytesIO(data or b""))
+    assert package.stat().st_size < 100_000
+    for read in (read_manifest, lambda p: unpack(p, tmp_path / "dest")):
+        with pytest.raises(PackageError) as caught:
+            read(package)
+        assert str(caught.value) == f"package refused: {reason}"
+    assert not (tmp_path / "dest").exists()
+
+
+def test_extended_headers_within_the_limit_are_read(tmp_path: Path) -> None:
+    comment = pax_records(tarfile.XHDTYPE, {"comment": "z" * 60_000})
+    package = raw_package(tmp_path, pax_records(tarfile.XGLTYPE, {"c": "g"}), comment)
+    assert {f.path for f in read_manifest(package).files} == set(FILES_OK)
+
+
+@pytest.mark.parametrize(
+    ("parts", "reason"),
+    [
+        (
+            [long_name(600)] * 400,
+            "././@LongLink: more than 8 extended headers in a row",
+        ),
+        (
+            [
+                pax_records(tarfile.XGLTYPE, {"a": "x" * 40_000}),
+                blocks(folder("files"), fmt=tarfile.USTAR_FORMAT),
+                pax_records(tarfile.XGLTYPE, {"b": "y" * 40_000}),
+            ],
+            "././@PaxHeader: global extended headers exceed 64 KiB",
+        ),
+    ],
+    ids=["a long chain", "global records adding up"],
+)
+def test_extended_headers_adding_up_are_refused(
+    tmp_path: Path, parts: list[bytes], reason: str
+) -> None:
+    """Each within the limit, but a chain recurses in tarfile and global records stay held."""
+    package = raw_package(tmp_path, *parts)
+    with pytest.raises(PackageError) as caught:
+        read_manifest(package)
+    assert str(caught.value) == f"package refused: {reason}"
+
+
+def test_sparse_members_are_refused(tmp_path: Path) -> None:
+    """tarfile reads a sparse map without a bound (GNU 1.0: a count, then a line each)."""
+    old = tarfile.TarInfo("files/b.so")
+    old.type = tarfile.GNUTYPE_SPARSE
+    pax = tarfile.TarInfo("files/GNUSparseFile.0/b.so")
+    pax.pax_headers = {
+        "GNU.sparse.major": "1",
+        "GNU.sparse.minor": "0",
+        "GNU.sparse.name": "files/b.so",
+        "GNU.sparse.realsize": "100",
+    }
+    sparse_map = b"99999999\n" + b"0\n" * 2000
+    for part in (blocks(old), blocks(pax, sparse_map, tarfile.PAX_FORMAT)):
+        with pytest.raises(PackageError) as caught:
+            read_manifest(raw_package(tmp_path, part))
+        assert str(caught.value) == (
+            "package refused: files/b.so: sparse files are not allowed in a package"
+        )
+
+
+def test_header_fields_the_reader_does_not_use_are_not_kept(tmp_path: Path) -> None:
+    """tarfile keeps every member it read: 120 user names of 60 KiB would be 7 MB."""
+    folders = []
+    for i in range(120):
+        info = folder(f"files/d{i}")
+        info.pax_headers = {"uname": f"{i}".ljust(60_000, "u")}
+        folders.append(blocks(info, fmt=tarfile.PAX_FORMAT))
+    package = raw_package(tmp_path, *folders)
+    tracemalloc.start()
+    try:
+        assert read_manifest(package).kind == "app"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20
 
 
 # -- garbage and round trips ----------------------------------------------------------------------

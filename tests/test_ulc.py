@@ -25,6 +25,7 @@ from harness.ulc import (
     UlcPolicy,
     UlcReceiver,
     UlcSender,
+    Unsendable,
 )
 from harness.ulc.events import (
     Aborted,
@@ -681,6 +682,78 @@ async def test_a_misbehaving_camera_fails_the_transfer_after_bounded_attempts(
     assert len(connections) == 2
 
 
+async def accept_then_repeat(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, frame: bytes
+) -> None:
+    """Accepts the file with a window of 64 bytes, then sends ``frame``, a byte at a time,
+    every 20 ms: busy, never silent for a read timeout, and never any further."""
+    receiver = UlcReceiver("camera-0000", "1.0.0", window=64)
+    writer.write(receiver.data_to_send())
+    while data := await reader.read(4096):
+        if any(isinstance(e, OfferReceived) for e in receiver.receive_data(data)):
+            receiver.accept(0)
+            writer.write(receiver.data_to_send())
+            break
+    while True:
+        for byte in frame:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.02)
+
+
+STALL = UlcPolicy(connect_timeout=1.0, io_timeout=0.1, stall_timeout=0.15, attempts=2, backoff=0.01)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [encode(Ack(0)), b"UL\x01\x06\x00\x10\x00\x00" + bytes(1 << 20)],
+    ids=["repeats ACK(0)", "trickles one frame"],
+)
+async def test_a_camera_that_keeps_talking_without_progress_is_given_up(
+    tmp_path: Path, frame: bytes
+) -> None:
+    file = local_file(tmp_path, "bin/app", bytes(100))
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accept_then_repeat(reader, writer, frame)
+
+    async with server(handler) as (port, connections), asyncio.timeout(5):
+        client = UlcClient("camera-0000", "127.0.0.1", port, STALL)
+        with pytest.raises(TransportError) as caught:
+            await client.send_files([file], lambda done, total: None)
+    assert str(caught.value) == (
+        f"camera camera-0000 (127.0.0.1:{port}): bin/app: transfer failed after 2 attempts "
+        "without progress: no progress within 0.15 s waiting for ACK of bin/app "
+        "(sent 64 of 100 bytes)"
+    )
+    assert len(connections) == 2
+
+
+async def test_a_camera_that_acknowledges_slowly_but_surely_is_not_given_up(
+    tmp_path: Path,
+) -> None:
+    """Each ACK that moves on starts the stall deadline again, however long the transfer."""
+    file = local_file(tmp_path, "bin/app", bytes(range(256)) * 6)
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        receiver = UlcReceiver("camera-0000", "1.0.0", window=128)
+        writer.write(receiver.data_to_send())
+        while data := await reader.read(4096):
+            for event in receiver.receive_data(data):
+                if isinstance(event, OfferReceived):
+                    receiver.accept(0)
+                elif isinstance(event, FileComplete):
+                    receiver.file_ok()
+            await asyncio.sleep(0.03)
+            writer.write(receiver.data_to_send())
+
+    policy = UlcPolicy(io_timeout=0.5, stall_timeout=0.2, attempts=1, chunk_size=64)
+    async with server(slow) as (port, connections), asyncio.timeout(5):
+        client = UlcClient("camera-0000", "127.0.0.1", port, policy)
+        await client.send_files([file], lambda done, total: None)
+    assert len(connections) == 1
+
+
 async def test_asking_a_silent_camera_its_version_gives_up_with_a_clear_error() -> None:
     async with server(silent) as (port, connections), asyncio.timeout(20):
         client = UlcClient("camera-0000", "127.0.0.1", port, SHORT)
@@ -721,6 +794,36 @@ async def test_a_commit_whose_answer_is_lost_is_not_sent_again(tmp_path: Path) -
         with pytest.raises(TransportError, match=r"COMMIT of 2\.0\.0 sent, outcome unknown"):
             await client.commit("2.0.0", [file])
     assert commits == ["2.0.0"]
+
+
+async def test_a_version_the_wire_cannot_carry_is_refused_before_anything_is_sent(
+    camera: SimCamera, tmp_path: Path
+) -> None:
+    file = local_file(tmp_path, "a", b"a")
+    client = client_for(camera)
+    await client.send_files([file], lambda done, total: None)
+    version = "\u00e9" * 128  # 128 characters, 256 bytes of UTF-8
+    with pytest.raises(Unsendable) as caught:
+        await client.commit(version, [file])
+    assert str(caught.value) == (
+        f"camera camera-0000 ({camera.host}:{camera.port}): cannot send a COMMIT of "
+        f"{version}: version is 256 bytes of UTF-8, more than 255"
+    )
+    assert camera.connections == 1 and camera.restarts == 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda name: encode(Hello("camera-0000", name)),
+        lambda name: UlcReceiver("camera-0000", name),
+        lambda name: encode(Commit(name, (FileSpec("a", 1, DIGEST),))),
+    ],
+    ids=["HELLO", "receiver", "COMMIT"],
+)
+def test_a_name_over_255_bytes_is_refused_naming_the_field(make: Callable[[str], object]) -> None:
+    with pytest.raises(ValueError, match=r"^version is 256 bytes of UTF-8, more than 255$"):
+        make("\u00e9" * 128)
 
 
 def test_frame_kinds_are_numbered_as_documented() -> None:

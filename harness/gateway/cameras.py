@@ -4,7 +4,8 @@
 The package is checked whole on the gateway first (kind, version, every file's digest),
 so a bad package fails before a byte reaches the camera; the camera then takes the files
 beside its live app, switches to them on COMMIT and restarts, and the version it comes
-back with is the verdict: the announced one, or the old one after its own rollback.
+back with is the verdict: the announced one, or the old one after its own rollback. So
+the version decides even when the COMMIT's answer was lost.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from harness.packages import Manifest, PackageError, read_manifest, unpack
 from harness.ulc import (
     CameraTransport,
+    CommitUncertain,
     OutgoingFile,
     TransportError,
     UlcClient,
@@ -108,12 +110,16 @@ class CameraUpgrader:
                 )
                 progress(_SENT)
                 await camera.commit(manifest.version, files)
+                uncertain = None
+            except CommitUncertain as exc:
+                log.warning("%s: %s; asking the camera its version", job.device_id, exc)
+                uncertain = str(exc)
             except UlcError as exc:
                 raise UpgradeFailed(str(exc), version=running) from None
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, True)
         progress(_COMMITTED)
-        return await self._after_restart(job, camera, manifest.version)
+        return await self._after_restart(job, camera, manifest.version, running, uncertain)
 
     async def _unpack(self, job: Job, dest: Path, running: str | None) -> Manifest:
         """The package's manifest after every file was checked; refused before anything
@@ -133,18 +139,37 @@ class CameraUpgrader:
         except OSError as exc:
             raise UpgradeFailed(f"cannot unpack the package: {exc}", version=running) from None
 
-    async def _after_restart(self, job: Job, camera: CameraTransport, wanted: str) -> str:
+    async def _after_restart(
+        self,
+        job: Job,
+        camera: CameraTransport,
+        wanted: str,
+        running: str | None,
+        uncertain: str | None,
+    ) -> str:
+        """The camera's version decides; ``uncertain`` (the error of a COMMIT whose answer
+        was lost) means it may not have committed at all, so an old version is no proof
+        of a rollback and no answer leaves the outcome unknown."""
         try:
             now = await camera.version()
         except TransportError as exc:
             self._versions[job.device_id] = None
-            raise UpgradeFailed(f"{exc} (after the COMMIT of {wanted})") from None
+            if uncertain is None:
+                raise UpgradeFailed(f"{exc} (after the COMMIT of {wanted})") from None
+            last = f"version last known {running}" if running else "no version known before"
+            raise UpgradeFailed(f"{uncertain}; then {exc}; {last}") from None
         self._versions[job.device_id] = now
-        if now != wanted:
+        if now == wanted:
+            return now
+        if uncertain is None:
             raise UpgradeFailed(
                 f"camera came back on {now}, not {wanted}: it rolled back", version=now
             )
-        return now
+        raise UpgradeFailed(
+            f"{uncertain}; the camera answers on {now}, not {wanted}: it did not commit "
+            "or it rolled back",
+            version=now,
+        )
 
     async def close(self) -> None:
         for camera in self.cameras.values():

@@ -209,8 +209,7 @@ class _Header(tarfile.TarInfo):
             if self.size > MAX_EXTENDED_HEADER:
                 raise refused(
                     where,
-                    f"extended header of {self.size} bytes exceeds "
-                    f"{MAX_EXTENDED_HEADER >> 10} KiB",
+                    f"extended header of {self.size} bytes exceeds {MAX_EXTENDED_HEADER >> 10} KiB",
                 )
             tar.chained += 1
             if tar.chained > _MAX_CHAINED:

@@ -15,16 +15,19 @@ from .sender import UlcSender
 from .transport import (
     CameraTransport,
     CommitRefused,
+    CommitUncertain,
     FileRejected,
     OutgoingFile,
     TransferProgress,
     TransportError,
     UlcError,
+    Unsendable,
 )
 
 __all__ = [
     "CameraTransport",
     "CommitRefused",
+    "CommitUncertain",
     "FileRejected",
     "FileSpec",
     "FrameError",
@@ -36,4 +39,5 @@ __all__ = [
     "UlcPolicy",
     "UlcReceiver",
     "UlcSender",
+    "Unsendable",
 ]

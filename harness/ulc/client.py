@@ -1,9 +1,11 @@
 """The gateway's ULC driver: a :class:`~harness.ulc.transport.CameraTransport` over TCP that
 runs :class:`~harness.ulc.sender.UlcSender` on asyncio streams.
 
-Every connect and every read has a timeout; a cut, a silence or nonsense from the camera
-ends the connection and a new one resumes where the camera's ACCEPT says, after a back-off,
-until ``attempts`` connections in a row bring no new confirmed byte.
+Every connect and every read has a timeout, and every connection a deadline for progress
+(a camera that trickles bytes or repeats itself is as lost as a silent one); a cut, a
+silence, a stall or nonsense from the camera ends the connection and a new one resumes
+where the camera's ACCEPT says, after a back-off, until ``attempts`` connections in a row
+bring no new confirmed byte.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+
+from harness.packages.manifest import show
 
 from .events import (
     Aborted,
@@ -27,13 +31,16 @@ from .events import (
     SenderEvent,
     Violation,
 )
+from .frames import name_problem
 from .sender import DEFAULT_CHUNK, UlcSender
 from .transport import (
     CommitRefused,
+    CommitUncertain,
     FileRejected,
     OutgoingFile,
     TransferProgress,
     TransportError,
+    Unsendable,
 )
 
 log = logging.getLogger("ota_hil.ulc")
@@ -46,6 +53,9 @@ class UlcPolicy:
     connect_timeout: float = 5.0
     #: Longest wait for the camera's next frame (or for a write to drain).
     io_timeout: float = 10.0
+    #: Longest a connection may go without progress (the camera acknowledging new bytes,
+    #: or a file checking out), however busy it looks; then it counts as lost.
+    stall_timeout: float = 30.0
     #: Connections in a row that bring no new confirmed byte before a transfer gives up.
     attempts: int = 5
     backoff: float = 0.1
@@ -70,28 +80,48 @@ class _Link:
         self.policy = policy
         self.sender = UlcSender(policy.chunk_size)
         self._events: deque[SenderEvent] = deque()
+        self._loop = asyncio.get_running_loop()
+        self.progressed()
+
+    def progressed(self) -> None:
+        """The camera moved the work on: the connection's stall deadline starts again."""
+        self._deadline = self._loop.time() + self.policy.stall_timeout
+
+    def _wait(self, what: str) -> tuple[float, str]:
+        """How long the next wait may last, and what to say when it runs out: the read
+        timeout, or what is left before the stall deadline (then _Lost at once if none)."""
+        stalled = f"no progress within {self.policy.stall_timeout:g} s {what}"
+        left = self._deadline - self._loop.time()
+        if left <= 0:
+            raise _Lost(stalled)
+        if left < self.policy.io_timeout:
+            return left, stalled
+        return self.policy.io_timeout, ""
 
     async def flush(self) -> None:
         data = self.sender.data_to_send()
         if not data:
             return
+        timeout, stalled = self._wait("sending")
         try:
             self.writer.write(data)
-            async with asyncio.timeout(self.policy.io_timeout):
+            async with asyncio.timeout(timeout):
                 await self.writer.drain()
         except TimeoutError:
-            raise _Lost(f"the camera took no data for {self.policy.io_timeout:g} s") from None
+            raise _Lost(stalled or f"the camera took no data for {timeout:g} s") from None
         except OSError as exc:
             raise _Lost(f"the connection broke while sending: {exc}") from None
 
     async def next_event(self, waiting_for: str) -> SenderEvent:
-        timeout = self.policy.io_timeout
         while not self._events:
+            timeout, stalled = self._wait(f"waiting for {waiting_for}")
             try:
                 async with asyncio.timeout(timeout):
                     data = await self.reader.read(_READ)
             except TimeoutError:
-                raise _Lost(f"no answer within {timeout:g} s waiting for {waiting_for}") from None
+                raise _Lost(
+                    stalled or f"no answer within {timeout:g} s waiting for {waiting_for}"
+                ) from None
             except OSError as exc:
                 raise _Lost(f"the connection broke waiting for {waiting_for}: {exc}") from None
             if not data:
@@ -236,6 +266,7 @@ class UlcClient:
             self.resumed.append((file.path, event.offset))
             log.info("%s: %s resumes at byte %d", self.name, file.path, event.offset)
         confirmed[file.path] = max(confirmed.get(file.path, 0), event.offset)
+        acked = event.offset
         with file.local.open("rb") as source:
             while True:
                 while (chunk := sender.next_chunk()) is not None:
@@ -255,9 +286,13 @@ class UlcClient:
                     else f"FILE_OK for {file.path}"
                 )
                 if isinstance(event, Acked):
+                    if event.offset > acked:
+                        acked = event.offset
+                        link.progressed()
                     confirmed[file.path] = max(confirmed[file.path], event.offset)
                     report()
                 elif isinstance(event, FileVerified):
+                    link.progressed()
                     return
                 elif isinstance(event, FileFailed):
                     raise FileRejected(
@@ -267,6 +302,11 @@ class UlcClient:
                     )
 
     async def commit(self, version: str, files: Sequence[OutgoingFile]) -> None:
+        problem = name_problem(version)
+        if problem:
+            raise Unsendable(
+                f"{self.name}: cannot send a COMMIT of {show(version)}: version {problem}"
+            )
         specs = [f.spec for f in files]
         failures = 0
         while True:
@@ -279,7 +319,7 @@ class UlcClient:
                         await link.flush()
                         event = await link.next_event(f"RESTARTING after the COMMIT of {version}")
                     except _Lost as exc:
-                        raise TransportError(
+                        raise CommitUncertain(
                             f"{self.name}: COMMIT of {version} sent, outcome unknown: {exc}"
                         ) from None
                     if isinstance(event, Rejected):

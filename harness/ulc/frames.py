@@ -207,14 +207,14 @@ def cut_reason(text: str) -> str:
 def _str(text: str, size: int, limit: int, what: str) -> bytes:
     raw = text.encode()
     if len(raw) > limit:
-        raise ValueError(f"{what} is longer than {limit} bytes")
+        raise ValueError(f"{what} is {len(raw)} bytes of UTF-8, more than {limit}")
     return len(raw).to_bytes(size, "big") + raw
 
 
 def _name(text: str, what: str) -> bytes:
-    problem = _name_problem(text)
+    problem = name_problem(text)
     if problem:
-        raise ValueError(f"{what}: {problem}")
+        raise ValueError(f"{what} {problem}")
     return _str(text, 1, MAX_STR8, what)
 
 
@@ -286,11 +286,16 @@ def encode(frame: Frame) -> bytes:
 # -- decoding --------------------------------------------------------------------------
 
 
-def _name_problem(text: str) -> str | None:
+def name_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a name on the wire (a camera id, a version), or None: the
+    drivers ask before they build a frame, so the refusal names the field, not the frame."""
     if not text:
         return "is empty"
     if not text.isprintable():
         return "has unprintable characters"
+    size = len(text.encode())
+    if size > MAX_STR8:
+        return f"is {size} bytes of UTF-8, more than {MAX_STR8}"
     return None
 
 
@@ -324,7 +329,7 @@ class _Cursor:
 
     def name(self, what: str) -> str:
         value = self.text(1, what)
-        problem = _name_problem(value)
+        problem = name_problem(value)
         if problem:
             raise self.fail(f"{what} {problem}")
         return value

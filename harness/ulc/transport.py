@@ -44,6 +44,16 @@ class TransportError(UlcError):
     retries ran out, or the camera did not come back after a restart."""
 
 
+class CommitUncertain(TransportError):
+    """The COMMIT went out but its answer was lost: the camera may run either app, so
+    only its version (after a restart) says which."""
+
+
+class Unsendable(UlcError):
+    """A value the link cannot carry (a version of more than 255 bytes of UTF-8): the
+    operation sent nothing for it."""
+
+
 class FileRejected(UlcError):
     """The camera refused a file, before the transfer (REJECT) or after it (FILE_BAD)."""
 
@@ -74,7 +84,9 @@ class CameraTransport(Protocol):
 
     async def commit(self, version: str, files: Sequence[OutgoingFile]) -> None:
         """Make exactly ``files`` (all sent) the app of ``version`` and restart it; returns
-        when the camera restarts. Raise CommitRefused or TransportError."""
+        when the camera restarts. Raise CommitRefused, CommitUncertain (sent, answer lost),
+        Unsendable (not sent: the link cannot carry ``version``) or TransportError (not
+        sent)."""
         ...
 
     async def close(self) -> None: ...
