@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -49,6 +49,7 @@ from harness.nodeproto.certs import (
     CertificateError,
 )
 from harness.nodeproto.frames import MIN_FRAME
+from harness.yamlerrors import field_path, line_of, pydantic_reason, yaml_problem
 
 __all__ = [
     "RADIOS",
@@ -555,7 +556,7 @@ class Rig(BaseModel):
         # Fields that failed stop the cross checks; run them on the raw data too, so that
         # a duplicate address is reported along with a bad port.
         for error in _cross_problems(data):
-            problem = (_path(error.sub_loc) or None, None, str(error))
+            problem = (field_path(error.sub_loc) or None, None, str(error))
             if problem not in problems:
                 problems.append(problem)
         raise RigFileError(source, problems)
@@ -759,14 +760,14 @@ def load_rig(path: str | os.PathLike[str]) -> Rig:
     try:
         data = yaml.load(text, Loader=_RigLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise RigFileError(source, [(None, *_yaml_problem(exc))]) from None
+        raise RigFileError(source, [(None, *yaml_problem(exc))]) from None
     if data is None:
         raise RigFileError(source, [(None, None, "the file is empty; expected at least name:")])
     absolute = Path(path).resolve()
     try:
         rig = Rig.from_dict(data, source, base=absolute.parent)
     except RigFileError as exc:
-        problems = [(f, _line_of(text, f), r) for f, _, r in exc.problems]
+        problems = [(f, line_of(text, f, _RigLoader), r) for f, _, r in exc.problems]
         problems.sort(key=lambda problem: problem[1] or 1 << 30)  # in file order
         raise RigFileError(source, problems) from None
     rig._path = absolute
@@ -797,108 +798,20 @@ def target_problem(target: str, rig: Rig | None) -> str | None:
 
 # --- error reporting ------------------------------------------------------------------
 
-_FRIENDLY = {
-    "model_type": "expected a mapping of fields",
-    "dict_type": "expected a mapping",
-    "list_type": "expected a list",
-    "missing": "required field is missing",
-    "int_type": "expected a whole number",
-}
-
 
 def _problems(exc: ValidationError) -> list[Problem]:
     problems: list[Problem] = []
     for error in exc.errors():
         loc = tuple(error["loc"])
         cause = error.get("ctx", {}).get("error")
-        kind = error["type"]
-        given = error.get("input")
         if isinstance(cause, _Problems):
             for item in cause.errors:
-                problems.append((_path(loc + item.sub_loc) or None, None, str(item)))
+                problems.append((field_path(loc + item.sub_loc) or None, None, str(item)))
             continue
         if isinstance(cause, _FieldError):
             loc += cause.sub_loc
             reason = str(cause)
-        elif kind == "extra_forbidden":
-            reason = f"unknown field; valid fields: {', '.join(_model_at(loc[:-1]).model_fields)}"
-        elif kind == "string_type" and type(given) in (int, float):
-            reason = f"expected text, got the number {given!r}: quote it in YAML ('{given}')"
-        elif kind in _FRIENDLY:
-            reason = _FRIENDLY[kind]
-            if kind == "int_type" and given is not None:
-                reason += f" (got {given!r})"
         else:
-            reason = error["msg"].removeprefix("Value error, ")
-            if kind != "value_error" and isinstance(given, str | int | float | bool | None):
-                reason += f" (got {given!r})"
-        problems.append((_path(loc) or None, None, reason))
+            reason = pydantic_reason(error, Rig)
+        problems.append((field_path(loc) or None, None, reason))
     return problems
-
-
-def _path(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text
-
-
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = Rig
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        nested = _nested_model(field.annotation) if field is not None else None
-        if nested is None:
-            break
-        model = nested
-    return model
-
-
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _nested_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> tuple[int | None, str]:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    reason = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
-    if mark is None:
-        return None, reason
-    return mark.line + 1, f"{reason}, column {mark.column + 1}"
-
-
-_LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def _line_of(text: str, field: str | None) -> int | None:
-    """1-based line of ``field`` in the YAML ``text`` (its nearest existing parent's if it is
-    missing); None for a top-level field that is missing."""
-    if not field:
-        return None
-    try:
-        node = yaml.compose(text, Loader=_RigLoader)  # a SafeLoader subclass
-    except yaml.YAMLError:
-        return None
-    line = None
-    for name, index in _LOC_PART.findall(field):
-        if isinstance(node, yaml.MappingNode) and name:
-            found = [(k, v) for k, v in node.value if str(k.value) == name]
-            if not found:
-                break
-            key, node = found[-1]
-            line = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and index and int(index) < len(node.value):
-            node = node.value[int(index)]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line

@@ -32,6 +32,8 @@ from pydantic import (
     model_validator,
 )
 
+from harness.yamlerrors import field_path, line_of, pydantic_reason, yaml_problem
+
 from .channels import (
     MAX_LINK_LOSS,
     BernoulliChannel,
@@ -407,24 +409,17 @@ def load_fleet(path: str | Path) -> FleetSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise FleetFileError(source, [(None, *_yaml_problem(exc))]) from None
+        raise FleetFileError(source, [(None, *yaml_problem(exc))]) from None
     if data is None:
         raise FleetFileError(source, [(None, None, "the file is empty; expected at least nodes:")])
     try:
         return FleetSpec.from_dict(data, source)
     except FleetFileError as exc:
-        problems = [(f, _line_of(text, f), r) for f, _, r in exc.problems]
+        problems = [(f, line_of(text, f), r) for f, _, r in exc.problems]
         raise FleetFileError(source, problems) from None
 
 
 # --- error reporting ------------------------------------------------------------------
-
-_FRIENDLY = {
-    "model_type": "expected a mapping of fields",
-    "dict_type": "expected a mapping",
-    "list_type": "expected a list",
-    "missing": "required field is missing",
-}
 
 
 def _problems(exc: ValidationError) -> list[tuple[str | None, int | None, str]]:
@@ -432,90 +427,10 @@ def _problems(exc: ValidationError) -> list[tuple[str | None, int | None, str]]:
     for error in exc.errors():
         loc = tuple(error["loc"])
         cause = error.get("ctx", {}).get("error")
-        kind = error["type"]
-        given = error.get("input")
         if isinstance(cause, _FieldError):
             loc += cause.sub_loc
             reason = str(cause)
-        elif kind in _FRIENDLY:
-            reason = _FRIENDLY[kind]
-        elif kind == "extra_forbidden":
-            reason = f"unknown field; valid fields: {', '.join(_model_at(loc[:-1]).model_fields)}"
-        elif kind == "string_type" and isinstance(given, int | float):
-            reason = f"expected text, got the number {given!r}: quote it in YAML ('{given}')"
         else:
-            reason = error["msg"].removeprefix("Value error, ")
-            if kind != "value_error" and isinstance(given, str | int | float | bool | None):
-                reason += f" (got {given!r})"
-        problems.append((_path(loc) or None, None, reason))
+            reason = pydantic_reason(error, FleetSpec)
+        problems.append((field_path(loc) or None, None, reason))
     return problems
-
-
-def _path(loc: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
-    return text
-
-
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = FleetSpec
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(str(part))
-        nested = _nested_model(field.annotation) if field is not None else None
-        if nested is None:
-            break
-        model = nested
-    return model
-
-
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _nested_model(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> tuple[int | None, str]:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    context = getattr(exc, "context", None)
-    reason = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
-    if context and "alias" in context:
-        reason += "; a value starting with '*' must be quoted, e.g. nodes: \"*\""
-    if mark is None:
-        return None, reason
-    return mark.line + 1, f"{reason}, column {mark.column + 1}"
-
-
-_LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def _line_of(text: str, field: str | None) -> int | None:
-    """1-based line of ``field`` in the YAML ``text`` (its nearest existing parent's if it is
-    missing); None for a top-level field that is missing."""
-    if not field:
-        return None
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for name, index in _LOC_PART.findall(field):
-        if isinstance(node, yaml.MappingNode) and name:
-            found = [(k, v) for k, v in node.value if str(k.value) == name]
-            if not found:
-                break
-            key, node = found[-1]
-            line = key.start_mark.line + 1
-        elif isinstance(node, yaml.SequenceNode) and index and int(index) < len(node.value):
-            node = node.value[int(index)]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line

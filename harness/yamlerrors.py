@@ -1,0 +1,114 @@
+"""Problems in the YAML files people write (rig files, fleet files), each named by its
+field path and line and said in words a lab engineer reads without knowing pydantic."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel
+from pydantic_core import ErrorDetails
+
+#: pydantic error types said plainly.
+FRIENDLY = {
+    "model_type": "expected a mapping of fields",
+    "dict_type": "expected a mapping",
+    "list_type": "expected a list",
+    "missing": "required field is missing",
+    "int_type": "expected a whole number",
+}
+
+_LOC_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def field_path(loc: tuple[str | int, ...]) -> str:
+    """``("nodes", 2, "power")`` as ``nodes[2].power``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel]:
+    """The model whose field ``loc`` names, under ``root`` (for listing valid fields)."""
+    model = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        nested = _nested_model(field.annotation) if field is not None else None
+        if nested is None:
+            break
+        model = nested
+    return model
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _nested_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def pydantic_reason(error: ErrorDetails, root: type[BaseModel]) -> str:
+    """What is wrong with the field of one pydantic error, plainly."""
+    loc = tuple(error["loc"])
+    kind = error["type"]
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown field; valid fields: {', '.join(model_at(root, loc[:-1]).model_fields)}"
+    if kind == "string_type" and type(given) in (int, float):
+        return f"expected text, got the number {given!r}: quote it in YAML ('{given}')"
+    if kind in FRIENDLY:
+        reason = FRIENDLY[kind]
+        if kind == "int_type" and given is not None:
+            reason += f" (got {given!r})"
+        return reason
+    reason = error["msg"].removeprefix("Value error, ")
+    if kind != "value_error" and isinstance(given, str | int | float | bool | None):
+        reason += f" (got {given!r})"
+    return reason
+
+
+def yaml_problem(exc: yaml.YAMLError) -> tuple[int | None, str]:
+    """The line (1-based, when known) and the reason of a YAML syntax error."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    reason = f"YAML syntax error: {problem}" + (f" ({context})" if context else "")
+    if context and "alias" in context:
+        reason += "; a value starting with '*' must be quoted, e.g. nodes: \"*\""
+    if mark is None:
+        return None, reason
+    return mark.line + 1, f"{reason}, column {mark.column + 1}"
+
+
+def line_of(
+    text: str, field: str | None, loader: type[yaml.SafeLoader] = yaml.SafeLoader
+) -> int | None:
+    """1-based line of ``field`` in the YAML ``text`` (its nearest existing parent's if it is
+    missing); None for a top-level field that is missing."""
+    if not field:
+        return None
+    try:
+        node = yaml.compose(text, Loader=loader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for name, index in _LOC_PART.findall(field):
+        if isinstance(node, yaml.MappingNode) and name:
+            found = [(k, v) for k, v in node.value if str(k.value) == name]
+            if not found:
+                break
+            key, node = found[-1]
+            line = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and index and int(index) < len(node.value):
+            node = node.value[int(index)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
