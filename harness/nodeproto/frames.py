@@ -14,8 +14,9 @@ import struct
 from binascii import crc_hqx
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar, NamedTuple, TypeVar
+from typing import ClassVar, NamedTuple
 
+from ..wire import FieldReader
 from .crc import CRC_INIT, crc16
 from .missing import MissingBlocks
 
@@ -491,63 +492,13 @@ def decode_frame(raw: bytes) -> RawFrame:
     return RawFrame(version, FrameKind(kind), session, index, count, raw[HEADER_SIZE:-CRC_SIZE])
 
 
-_E = TypeVar("_E", bound=IntEnum)
-
-
-class _Reader:
+class _Reader(FieldReader):
     """Reads a payload field by field; every shortfall names the field and the kind."""
 
-    __slots__ = ("data", "kind", "pos")
+    error = FrameError
 
     def __init__(self, kind: FrameKind, data: bytes) -> None:
-        self.kind = kind
-        self.data = data
-        self.pos = 0
-
-    def fail(self, what: str) -> FrameError:
-        return FrameError(f"{self.kind.name}: {what}")
-
-    def take(self, size: int, field: str) -> bytes:
-        end = self.pos + size
-        if end > len(self.data):
-            left = len(self.data) - self.pos
-            raise self.fail(f"truncated {field}: needs {size} bytes, {left} left")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def uint(self, size: int, field: str) -> int:
-        return int.from_bytes(self.take(size, field), "big")
-
-    def enum(self, field: str, enum: type[_E]) -> _E:
-        value = self.uint(1, field)
-        try:
-            return enum(value)
-        except ValueError:
-            raise self.fail(f"bad {field} {value}: not a valid {enum.__name__}") from None
-
-    def flag(self, field: str) -> bool:
-        """A flags byte whose only defined bit is bit 0; other bits must be clear."""
-        value = self.uint(1, field)
-        if value & 0xFE:
-            raise self.fail(f"{field} 0x{value:02X} has reserved bits set")
-        return bool(value)
-
-    def str8(self, field: str) -> str:
-        data = self.take(self.uint(1, f"{field} length"), field)
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise self.fail(f"{field} is not UTF-8: {exc.reason} at byte {exc.start}") from None
-
-    def rest(self) -> bytes:
-        chunk = self.data[self.pos :]
-        self.pos = len(self.data)
-        return chunk
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise self.fail(f"{len(self.data) - self.pos} trailing bytes")
+        super().__init__(kind.name, data)
 
 
 def _read_announce(session: int, r: _Reader) -> Announce:

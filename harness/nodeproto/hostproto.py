@@ -17,10 +17,11 @@ import struct
 from binascii import crc_hqx
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from cobs import cobs
 
+from ..wire import FieldReader
 from .crc import CRC_INIT, crc16
 
 HOST_PROTOCOL_VERSION = 1
@@ -253,50 +254,15 @@ class PacketError(Exception):
         self.reason = reason
 
 
-_E = TypeVar("_E", bound=IntEnum)
-
-
-class _Reader:
+class _Reader(FieldReader):
     """Reads a body field by field; every shortfall names the field and the packet type."""
 
-    __slots__ = ("data", "pos", "type")
+    error = PacketError
+    TRUNCATED = "body truncated in {field}: needs {size} bytes, {left} left"
+    TRAILING = "body too long: {count} trailing bytes"
 
     def __init__(self, type_: PacketType, data: bytes) -> None:
-        self.type = type_
-        self.data = data
-        self.pos = 0
-
-    def fail(self, what: str) -> PacketError:
-        return PacketError(f"{self.type.name}: {what}")
-
-    def take(self, size: int, field: str) -> bytes:
-        end = self.pos + size
-        if end > len(self.data):
-            left = len(self.data) - self.pos
-            raise self.fail(f"body truncated in {field}: needs {size} bytes, {left} left")
-        chunk = self.data[self.pos : end]
-        self.pos = end
-        return chunk
-
-    def uint(self, size: int, field: str) -> int:
-        return int.from_bytes(self.take(size, field), "big")
-
-    def int8(self, field: str) -> int:
-        return int.from_bytes(self.take(1, field), "big", signed=True)
-
-    def enum(self, field: str, enum: type[_E]) -> _E:
-        value = self.uint(1, field)
-        try:
-            return enum(value)
-        except ValueError:
-            raise self.fail(f"bad {field} {value}: not a valid {enum.__name__}") from None
-
-    def str8(self, field: str) -> str:
-        data = self.take(self.uint(1, f"{field} length"), field)
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise self.fail(f"{field} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+        super().__init__(type_.name, data)
 
     def frame(self) -> bytes:
         """The radio frame: all that is left of the body, 1..MAX_FRAME bytes."""
@@ -309,10 +275,6 @@ class _Reader:
                 f"body too long: radio frame of {len(chunk)} bytes, at most {MAX_FRAME}"
             )
         return chunk
-
-    def end(self) -> None:
-        if self.pos != len(self.data):
-            raise self.fail(f"body too long: {len(self.data) - self.pos} trailing bytes")
 
 
 def _read_status(seq: int, r: _Reader) -> CoordinatorStatus:

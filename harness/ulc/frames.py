@@ -18,6 +18,7 @@ from enum import IntEnum
 from typing import ClassVar
 
 from harness.packages.manifest import path_problem, show
+from harness.wire import FieldReader
 
 MAGIC = b"UL"
 PROTOCOL_VERSION = 1
@@ -299,33 +300,17 @@ def name_problem(text: str) -> str | None:
     return None
 
 
-class _Cursor:
+class _Cursor(FieldReader):
     """Reads a payload's fields in order; every shortfall is a FrameError naming the field."""
 
+    error = FrameError
+    TRUNCATED = "payload ends inside {field}"
+    TRAILING = "{count} unexpected bytes after the payload"
+    NOT_UTF8 = "{field} is not valid UTF-8"
+    LENGTH_OF = "the length of {field}"
+
     def __init__(self, kind: FrameKind, payload: bytes) -> None:
-        self.kind = kind
-        self.payload = payload
-        self.at = 0
-
-    def fail(self, what: str) -> FrameError:
-        return FrameError(f"{self.kind.name}: {what}")
-
-    def take(self, size: int, what: str) -> bytes:
-        if self.at + size > len(self.payload):
-            raise self.fail(f"payload ends inside {what}")
-        out = self.payload[self.at : self.at + size]
-        self.at += size
-        return out
-
-    def uint(self, size: int, what: str) -> int:
-        return int.from_bytes(self.take(size, what), "big")
-
-    def text(self, size: int, what: str) -> str:
-        raw = self.take(self.uint(size, f"the length of {what}"), what)
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            raise self.fail(f"{what} is not valid UTF-8") from None
+        super().__init__(kind.name, payload)
 
     def name(self, what: str) -> str:
         value = self.text(1, what)
@@ -347,15 +332,6 @@ class _Cursor:
         if mode > MAX_MODE:
             raise self.fail(f"{where}mode 0{mode:o} is out of 0..0777")
         return FileSpec(path, size, digest, mode)
-
-    def rest(self) -> bytes:
-        out = self.payload[self.at :]
-        self.at = len(self.payload)
-        return out
-
-    def end(self) -> None:
-        if self.at != len(self.payload):
-            raise self.fail(f"{len(self.payload) - self.at} unexpected bytes after the payload")
 
 
 def decode_payload(kind: int, payload: bytes) -> Frame:
