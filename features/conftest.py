@@ -32,7 +32,7 @@ def _rig_lock(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def target(request: pytest.FixtureRequest, _rig_lock: None, ota_log: Path) -> Target:
+def target(request: pytest.FixtureRequest, _rig_lock: None, ota_log: Path, ota_seed: int) -> Target:
     kind, rig = target_and_rig(request.config)
     logs = ota_log.with_suffix("")
     logs.mkdir(parents=True, exist_ok=True)
@@ -42,7 +42,7 @@ def target(request: pytest.FixtureRequest, _rig_lock: None, ota_log: Path) -> Ta
         if reporter is not None:
             reporter.write_line(f"ota-hil: {line}")
 
-    target = Target(kind, rig, logs, say)
+    target = Target(kind, rig, logs, say, seed=ota_seed)
     target.check_needs(request.node)
     return target
 

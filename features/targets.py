@@ -20,6 +20,7 @@ from harness.platform import PlatformConfig
 from harness.protocol import DeviceSecret
 from harness.pytest_plugin import Ota
 from harness.system import SystemConfig
+from harness.trace import TraceRecorder
 from rigs.console import Console
 from rigs.link import SerialNodeLink
 from rigs.power import NoPowerControl, PowerError, PowerSwitch
@@ -28,6 +29,10 @@ from rigs.rigfile import Rig, read_certificate
 from rigs.serial_link import SerialLink
 from sims.attach import AttachedFleet, attach_fleet
 from sims.fleetfile import FaultSpec, FleetSpec
+
+#: Fleets of one scenario under seeds n and n+1 are this far apart (seed 0 keeps the
+#: seeds the scenarios were written with).
+SEED_STRIDE = 1_000_003
 
 
 def skip(reason: str) -> None:
@@ -97,11 +102,15 @@ class Target:
         rig: Rig | None,
         log_dir: Path,
         say: Callable[[str], None] = print,
+        seed: int = 0,
     ) -> None:
         self.kind = kind
         self.rig = rig
         self.log_dir = log_dir
         self.say = say
+        self.seed = seed
+        #: The scenario's trace (set by :meth:`start`); faults are recorded in it.
+        self.trace: TraceRecorder | None = None
         self.fleet: NodeFleet | None = None
         self._rig_nodes: RigNodes | None = None
         self._gateway: ChildProcess | None = None
@@ -153,6 +162,7 @@ class Target:
         )
 
     def start(self, ota: Ota) -> None:
+        self.trace = ota.trace
         if self.kind == "external":
             self._start_external(ota)
 
@@ -245,9 +255,8 @@ class Target:
         if self.kind == "sim":
             loss = 0.0 if loss is None else loss
             burst = 1.0 if burst is None else burst
-            spec = FleetSpec(
-                nodes=nodes, radio=radio, loss=loss, burst=burst, seed=nodes + int(100 * loss)
-            )
+            seed = nodes + int(100 * loss) + SEED_STRIDE * self.seed
+            spec = FleetSpec(nodes=nodes, radio=radio, loss=loss, burst=burst, seed=seed)
             attached = ota.run(attach_fleet(ota.system, spec))
             self.fleet = NodeFleet(
                 list(attached.fleet.ids), attached.product_id, attached.upgrader, sim=attached
@@ -330,6 +339,8 @@ class Target:
         """Inject ``fault`` into ``node``: any fault on sim; on a rig only what its power
         control can do (offline = powered off, and back on after the scenario)."""
         assert self.fleet is not None
+        if self.trace is not None:
+            self.trace.fault(node, fault)
         if self.fleet.sim is not None:
             self.fleet.sim.fleet.set_faults(node, spec)
             return

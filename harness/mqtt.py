@@ -86,6 +86,9 @@ class MqttEndpoint:
         #: Successful connections so far; a test sees a reconnect as this going up.
         self.connections = 0
         self.last_error: str | None = None
+        #: Sees every message this endpoint queues ("out") and receives ("in"), in order:
+        #: what a trace records.
+        self.tap: Callable[[str, str, bytes, int], None] | None = None
 
     async def start(self, wait: float | None = 10.0) -> None:
         """Start the session; wait up to ``wait`` seconds for the first connection (None: don't)."""
@@ -117,6 +120,8 @@ class MqttEndpoint:
             )
         self._outbox.append((topic, payload, qos))
         self._pending.set()
+        if self.tap is not None:
+            self.tap("out", topic, payload, qos)
 
     async def flush(self, timeout: float = 5.0) -> None:
         """Wait until the outbox is empty (every queued message acknowledged)."""
@@ -184,6 +189,8 @@ class MqttEndpoint:
             payload = message.payload
             if not isinstance(payload, bytes):
                 payload = str(payload or "").encode()
+            if self.tap is not None:
+                self.tap("in", str(message.topic), payload, message.qos)
             await self._dispatch(str(message.topic), payload)
 
     async def _drain(self, client: aiomqtt.Client) -> None:

@@ -21,6 +21,7 @@ from .client import PlatformClient
 from .loop import LoopThread
 from .platform import PlatformConfig
 from .system import OtaSystem, SystemConfig
+from .trace import TraceRecorder
 
 T = TypeVar("T")
 
@@ -47,6 +48,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="where each test's ota-hil log goes, one file per test (default reports/logs, "
         "relative to the rootdir)",
+    )
+    group.addoption(
+        "--ota-traces",
+        default="reports/traces",
+        metavar="DIR",
+        help="where each test's trace goes, one JSON Lines file per test (default "
+        "reports/traces, relative to the rootdir; 'none' records none)",
+    )
+    group.addoption(
+        "--ota-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the scenarios' random choices: fleets' radio channels and faults, "
+        "firmware images (default 0); the same seed gives the same run",
     )
     group.addoption(
         "--target",
@@ -141,11 +157,15 @@ def ota_config(broker_backend: str, request: pytest.FixtureRequest) -> SystemCon
 
 
 class Ota:
-    """A running system plus the loop it lives on, for synchronous callers."""
+    """A running system plus the loop it lives on, for synchronous callers, and the trace
+    the test writes (None when traces are off)."""
 
-    def __init__(self, system: OtaSystem, loop: LoopThread) -> None:
+    def __init__(
+        self, system: OtaSystem, loop: LoopThread, trace: TraceRecorder | None = None
+    ) -> None:
         self.system = system
         self.loop = loop
+        self.trace = trace
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         return self.loop.run(coro, timeout)
@@ -157,17 +177,29 @@ class Ota:
 
 
 LOG_KEY = pytest.StashKey[Path]()
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+def _output_path(request: pytest.FixtureRequest, option: str, suffix: str) -> Path:
+    """This test's file in the folder an option names (relative to the rootdir)."""
+    folder = Path(request.config.getoption(option))
+    if not folder.is_absolute():
+        folder = request.config.rootpath / folder
+    folder.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^\w.-]+", "_", request.node.nodeid).strip("_")[:180]
+    return folder / f"{name}{suffix}"
+
+
+@pytest.fixture
+def ota_seed(request: pytest.FixtureRequest) -> int:
+    """The run's seed (--ota-seed): scenarios derive every random choice from it."""
+    return int(request.config.getoption("--ota-seed"))
 
 
 @pytest.fixture
 def ota_log(request: pytest.FixtureRequest) -> Iterator[Path]:
     """This test's log file: every ota-hil logger at INFO and above (DEBUG with -v -v)."""
-    folder = Path(request.config.getoption("--ota-logs"))
-    if not folder.is_absolute():
-        folder = request.config.rootpath / folder
-    folder.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^\w.-]+", "_", request.node.nodeid).strip("_")[:180]
-    path = folder / f"{name}.log"
+    path = _output_path(request, "--ota-logs", ".log")
     handler = logging.FileHandler(path, mode="w", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logger = logging.getLogger("ota_hil")
@@ -190,6 +222,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed test's report names its log file (pytest-embedded does the same)."""
     report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
     path = item.stash.get(LOG_KEY, None)
     if path is not None and report.failed:
         # The test's own log, then one per port (coordinator, consoles, a gateway process).
@@ -213,9 +247,39 @@ def _attach(logs: list[Path]) -> None:
 
 
 @pytest.fixture
-def ota(ota_loop: LoopThread, ota_config: SystemConfig, ota_log: Path) -> Iterator[Ota]:
+def ota_trace(
+    request: pytest.FixtureRequest, ota_config: SystemConfig, broker_backend: str, ota_seed: int
+) -> Iterator[TraceRecorder | None]:
+    """This test's trace (reports/traces/<test>.jsonl), or None with ``--ota-traces none``.
+    Its header holds what ``ota-hil replay`` needs to run the test again."""
+    if str(request.config.getoption("--ota-traces")).lower() == "none":
+        yield None
+        return
+    kind, rig = target_and_rig(request.config)
+    source = {
+        "kind": "pytest",
+        "nodeid": request.node.nodeid,
+        "rootdir": str(request.config.rootpath),
+        "target": kind,
+        "rig": str(rig.path) if rig is not None and getattr(rig, "path", None) else None,
+        "broker": broker_backend,
+        "check_interval": request.config.getoption("--ota-check-interval"),
+    }
+    path = _output_path(request, "--ota-traces", ".jsonl")
+    with TraceRecorder(path, source=source, seed=ota_seed, config=ota_config) as trace:
+        yield trace
+
+
+@pytest.fixture
+def ota(
+    request: pytest.FixtureRequest,
+    ota_loop: LoopThread,
+    ota_config: SystemConfig,
+    ota_log: Path,
+    ota_trace: TraceRecorder | None,
+) -> Iterator[Ota]:
     """Broker, mock platform and reference gateway, started for one test."""
-    system = OtaSystem(ota_config)
+    system = OtaSystem(ota_config, trace=ota_trace)
     try:
         ota_loop.run(system.start())
     except BrokerUnavailable as exc:
@@ -223,6 +287,71 @@ def ota(ota_loop: LoopThread, ota_config: SystemConfig, ota_log: Path) -> Iterat
             raise
         pytest.skip(str(exc))
     try:
-        yield Ota(system, ota_loop)
+        yield Ota(system, ota_loop, ota_trace)
     finally:
-        ota_loop.run(system.stop())
+        try:
+            if ota_trace is not None:
+                failed = request.node.stash.get(_CALL_FAILED, None)
+                record_outcome(ota_trace, system, "failed" if failed else "passed")
+        finally:
+            ota_loop.run(system.stop())
+        if ota_trace is not None:
+            ota_trace.close()
+            attach_evidence(request.config, ota_trace.path)
+
+
+def record_outcome(trace: TraceRecorder, system: OtaSystem, status: str) -> None:
+    """The trace's last line: every record's end and every device's version, as the
+    platform has them (what a replay compares)."""
+    server = system.platform_server
+    if server is None:
+        return
+    platform = server.platform
+    records = {}
+    for record in sorted(platform.upgrades.records.values(), key=lambda r: r.create_time):
+        key = record.device_id
+        if key in records:  # several tasks for one device: each keeps its own line
+            key = f"{record.device_id}@{record.task_name}"
+        records[key] = {
+            "state": record.state.value,
+            "reason": record.error_reason,
+            "progress": record.progress,
+            "version": record.version,
+        }
+    versions = {d.id: d.firmware_version for d in platform.registry.devices.values()}
+    trace.outcome(status, records, versions)
+
+
+def attach_evidence(config: pytest.Config, trace_path: Path) -> None:
+    """The trace and what it shows (MQTT transcript, frame excerpt, progress chart, block
+    reception picture) into the test's Allure result, when Allure is recording."""
+    if not getattr(config.option, "allure_report_dir", None):
+        return
+    import allure
+
+    from .evidence import frame_excerpt, mqtt_transcript, progress_chart_svg, reception_png
+    from .trace import TraceError, read_trace
+
+    try:
+        events = read_trace(trace_path).all
+    except TraceError as exc:
+        allure.attach(
+            str(exc), name="trace unreadable", attachment_type=allure.attachment_type.TEXT
+        )
+        return
+    text = allure.attachment_type.TEXT
+    allure.attach(mqtt_transcript(events), name="MQTT transcript", attachment_type=text)
+    allure.attach(frame_excerpt(events), name="node frames (excerpt)", attachment_type=text)
+    allure.attach(
+        progress_chart_svg(events),
+        name="progress per device",
+        attachment_type=allure.attachment_type.SVG,
+    )
+    picture = reception_png(events)
+    if picture is not None:
+        allure.attach(
+            picture, name="block reception per node", attachment_type=allure.attachment_type.PNG
+        )
+    allure.attach.file(
+        str(trace_path), name="trace (JSON Lines)", attachment_type=text, extension="jsonl"
+    )

@@ -18,6 +18,7 @@ from .gateway import GatewayAgent, GatewayConfig
 from .gateway.local import LOCAL_COMPONENTS, local_device_id
 from .platform import PlatformConfig, PlatformServer
 from .protocol import DeviceSecret
+from .trace import TraceRecorder
 
 log = logging.getLogger("ota_hil.system")
 
@@ -53,8 +54,12 @@ class SystemConfig:
 class OtaSystem:
     """Everything a push needs, on loopback. Use as ``async with OtaSystem(cfg) as system``."""
 
-    def __init__(self, config: SystemConfig | None = None) -> None:
+    def __init__(
+        self, config: SystemConfig | None = None, trace: TraceRecorder | None = None
+    ) -> None:
         self.config = config or SystemConfig()
+        #: Records what crosses the system's boundaries, when given.
+        self.trace = trace
         self.broker: Broker | None = None
         self.platform_server: PlatformServer | None = None
         self.gateway: GatewayAgent | None = None
@@ -91,6 +96,8 @@ class OtaSystem:
                 public_url=cfg.public_url,
             )
             await self.platform_server.start()
+            if self.trace is not None:
+                self.trace.attach(self)
             self.client = PlatformClient(self.platform_server.url)
             registry = self.platform_server.platform.registry
             registry.add_product(cfg.product_id, "Gateway")

@@ -47,5 +47,8 @@ async def attach_fleet(
         response_timeout=fleet.profile.response_timeout,
         session_options={"apply_time": 2 * fleet.timing.apply_time},
     )
+    if system.trace is not None:
+        system.trace.fleet(kind, spec.radio, list(fleet.ids), spec)
+        link.driver.tap = system.trace
     gateway.attach(upgrader, await link.inventory())
     return AttachedFleet(fleet, link, upgrader, kind)

@@ -14,8 +14,9 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import simpy
 
 from harness.gateway.distribution.metrics import SessionMetrics
@@ -33,6 +34,14 @@ class SessionStuck(RuntimeError):
     """The session waits for nothing that can happen: a bug, reported instead of a hang."""
 
 
+class FrameTap(Protocol):
+    """Sees every frame on air with who heard it (a trace recorder is one)."""
+
+    def broadcast(self, vt: float, raw: bytes, heard: np.ndarray) -> None: ...
+    def unicast(self, vt: float, raw: bytes, to: str, heard: bool) -> None: ...
+    def uplink(self, vt: float, node: str, raw: bytes, lost: bool) -> None: ...
+
+
 class SimDriver:
     """One session at a time over ``fleet``; ``env`` may be a real-time SimPy environment."""
 
@@ -40,6 +49,7 @@ class SimDriver:
         self.fleet = fleet
         self.env = env or simpy.Environment()
         self.profile = fleet.profile
+        self.tap: FrameTap | None = None
 
     def run(
         self,
@@ -90,10 +100,14 @@ class SimDriver:
                     clock.at(env.now)
                     metrics.airtime[name] += dt
                     if tx.to is None:
-                        fleet.broadcast(env.now, raw)
+                        heard = fleet.broadcast(env.now, raw)
+                        if self.tap is not None:
+                            self.tap.broadcast(env.now, raw, heard)
                         continue
                     metrics.airtime_by_node[tx.to] += dt
                     reply = fleet.unicast(env.now, tx.to, raw)
+                    if self.tap is not None:
+                        self.tap.unicast(env.now, raw, tx.to, fleet.heard_last)
                     if reply is None:
                         continue
                     at = env.now + profile.turnaround + reply.delay
@@ -104,7 +118,10 @@ class SimDriver:
                         kind = _kind_name(frame)
                         metrics.airtime[kind] += on_air
                         metrics.airtime_by_node[tx.to] += on_air
-                        if fleet.uplink(tx.to):
+                        arrives = fleet.uplink(tx.to)
+                        if self.tap is not None:
+                            self.tap.uplink(at, tx.to, frame, lost=not arrives)
+                        if arrives:
                             heapq.heappush(arrivals, (at, next(seq), tx.to, frame))
                 if not queue and not session.done:
                     perform(session.transmit_done(env.now))

@@ -25,6 +25,8 @@ from .fleetfile import FaultSpec, FleetSpec
 from .node import NodeFirmware, NodeTiming
 from .radio import RadioProfile
 
+_NOBODY = np.zeros(0, dtype=np.int64)
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -144,6 +146,8 @@ class SimFleet:
         #: Who hears what (one stream), and what the faults draw (another): changing one
         #: node's corrupt_writes must not change every other node's receptions.
         self.rng = spec.rng("air")
+        #: Whether the node of the last :meth:`unicast` heard it (a trace records it).
+        self.heard_last = False
         self.fault_rng = spec.rng("faults")
         self.channel: Channel = spec.channel(spec.rng("channel"))
         self.ca = ca or ManufacturerCA.from_seed(f"ota-hil fleet CA {spec.seed}".encode())
@@ -204,39 +208,40 @@ class SimFleet:
 
     # -- the air ---------------------------------------------------------------------------
 
-    def broadcast(self, now: float, raw: bytes) -> None:
-        """One broadcast frame: every node that is up may hear it."""
+    def broadcast(self, now: float, raw: bytes) -> np.ndarray:
+        """One broadcast frame: every node that is up may hear it. Returns the rows of the
+        nodes that heard it."""
         try:
             frame = decode_frame(raw)
         except FrameError:
-            return
+            return _NOBODY
         if frame.kind is FrameKind.BLOCK and frame.count == 1:
             try:
                 block = decode_payload(frame.kind, frame.session, frame.payload)
             except FrameError:
-                return
+                return _NOBODY
             assert isinstance(block, Block)
-            self._broadcast_block(now, block)
-            return
+            return self._broadcast_block(now, block)
         listening = np.flatnonzero(~self.offline & (self.arrays.off_until <= now))
         heard = listening[self.channel.deliver(self.rng, listening)]
         for row in heard.tolist():
             self.nodes[row].receive(now, raw)
+        return heard
 
-    def _broadcast_block(self, now: float, block: Block) -> None:
+    def _broadcast_block(self, now: float, block: Block) -> np.ndarray:
         arrays = self.arrays
         if block.index >= arrays.block_count:
-            return
+            return _NOBODY
         self.air.setdefault(block.session, {})[block.index] = block.data
         listening = np.flatnonzero(
             (arrays.session == block.session) & ~self.offline & (arrays.off_until <= now)
         )
         if listening.size == 0:
-            return
+            return _NOBODY
         heard = listening[self.channel.deliver(self.rng, listening)]
         new = heard[~arrays.have[heard, block.index]]
         if new.size == 0:
-            return
+            return heard
         arrays.have[new, block.index] = True
         rates = self.corrupt_rate[new]
         if rates.any():
@@ -247,11 +252,13 @@ class SimFleet:
         at = self.power_loss_at[new]
         for row in new[(at >= 0) & (arrays.received[new] >= at)].tolist():
             self.nodes[row].after_write(now, int(arrays.received[row]))
+        return heard
 
     def unicast(self, now: float, node_id: str, raw: bytes) -> Reply | None:
         """A frame to one node; its answer, if it heard the frame and answers."""
         row = self.index.get(node_id)
-        if row is None or not self.channel.deliver_one(self.rng, row):
+        self.heard_last = row is not None and self.channel.deliver_one(self.rng, row)
+        if not self.heard_last:
             return None
         node = self.nodes[row]
         frames = node.receive(now, raw)

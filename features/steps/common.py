@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,11 +22,18 @@ class ScenarioContext:
     response_timeout: int = 30
     timeout: int = 120
     answers: dict[str, Any] = field(default_factory=dict)
+    #: The run's seed (--ota-seed): images and fleets are drawn from it.
+    seed: int = 0
+
+    def image(self, version: str, size: int) -> bytes:
+        """A firmware image of ``size`` bytes, the same for the same seed and version:
+        two runs push the same bytes, so their traces compare."""
+        return random.Random(f"{self.seed}/{version}/{size}").randbytes(size)
 
 
 @pytest.fixture
-def scenario() -> ScenarioContext:
-    return ScenarioContext()
+def scenario(ota_seed: int) -> ScenarioContext:
+    return ScenarioContext(seed=ota_seed)
 
 
 def wait_for(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from pytest_bdd import given, parsers, then, when
 
 from harness.pytest_plugin import Ota
@@ -87,7 +85,7 @@ def _push(ota: Ota, scenario: ScenarioContext, version: str, kib: int) -> None:
     fleet = _fleet(scenario)
     client = ota.client
     if scenario.firmware is None or scenario.firmware["version"] != version:
-        image = os.urandom(kib * 1024)
+        image = scenario.image(version, kib * 1024)
         scenario.firmware = ota.run(client.upload_firmware(image, fleet.product_id, version))
     fw = scenario.firmware
     scenario.task = ota.run(

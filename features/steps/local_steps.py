@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import _ctypes
 import io
-import os
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -284,7 +283,7 @@ MODULE = r"(?P<module>wifi|uwb)"
 def _(ota: Ota, scenario: ScenarioContext, module: str, version: str) -> None:
     component = LOCAL_COMPONENTS[module]
     scenario.firmware = ota.run(
-        ota.client.upload_firmware(os.urandom(1024), component.product, version)
+        ota.client.upload_firmware(scenario.image(version, 1024), component.product, version)
     )
     scenario.task = ota.run(
         ota.client.create_task(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from pytest_bdd import given, parsers, then, when
 
 from harness.pytest_plugin import Ota
@@ -12,7 +10,7 @@ from .common import ScenarioContext, gateway_id, record_of, wait_for
 
 
 def _upload(ota: Ota, scenario: ScenarioContext, version: str, kib: int, **kwargs) -> None:
-    data = os.urandom(kib * 1024)
+    data = scenario.image(version, kib * 1024)
     scenario.firmware = ota.run(
         ota.client.upload_firmware(data, ota.system.config.product_id, version, **kwargs)
     )

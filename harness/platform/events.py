@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +44,8 @@ class EventLog:
         self._events: list[PlatformEvent] = []
         self._limit = limit
         self.counts: Counter[str] = Counter()
+        #: Called with every event as it is added (a trace records them).
+        self.listener: Callable[[PlatformEvent], None] | None = None
 
     def add(
         self,
@@ -59,6 +62,8 @@ class EventLog:
         if len(self._events) > self._limit:
             del self._events[: len(self._events) - self._limit]
         log.log(level, "%s: %s", kind, detail)
+        if self.listener is not None:
+            self.listener(event)
         return event
 
     def list(self, kind: str | None = None) -> list[PlatformEvent]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ class ServedRequest:
     #: The client closed the connection before the body was sent.
     aborted: bool = False
     time: int = field(default_factory=now_ms)
+    method: str = "GET"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +75,13 @@ class FileServer:
         self.store = store
         self.faults = DownloadFaults()
         self.served: list[ServedRequest] = []
+        #: Called with every request served (a trace records them).
+        self.listener: Callable[[ServedRequest], None] | None = None
+
+    def _log(self, served: ServedRequest) -> None:
+        self.served.append(served)
+        if self.listener is not None:
+            self.listener(served)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.get("/file/{file_id}", self.download)]
@@ -97,11 +106,11 @@ class FileServer:
         stored = self.store.files.get(file_id)
         range_header = request.headers.get("Range")
         if stored is None:
-            self.served.append(ServedRequest(file_id, 404, range_header, 0, False))
+            self._log(ServedRequest(file_id, 404, range_header, 0, False))
             raise web.HTTPNotFound(text=f"no file {file_id}")
         key = request.query.get("accessKey", "")
         if not hmac.compare_digest(key, stored.access_key):
-            self.served.append(ServedRequest(file_id, 403, range_header, 0, False))
+            self._log(ServedRequest(file_id, 403, range_header, 0, False))
             raise web.HTTPForbidden(text="access denied: wrong or missing accessKey")
 
         size = stored.size
@@ -111,7 +120,7 @@ class FileServer:
             if span is not None:
                 start, end = span
                 if start >= size or start > end:
-                    self.served.append(ServedRequest(file_id, 416, range_header, 0, False))
+                    self._log(ServedRequest(file_id, 416, range_header, 0, False))
                     raise web.HTTPRequestRangeNotSatisfiable(
                         headers={"Content-Range": f"bytes */{size}"}
                     )
@@ -136,7 +145,7 @@ class FileServer:
         response.content_length = len(body)
         await response.prepare(request)
         if request.method == "HEAD":
-            self.served.append(ServedRequest(file_id, status, range_header, 0, False))
+            self._log(ServedRequest(file_id, status, range_header, 0, False, method="HEAD"))
             return response
 
         cut = self.faults.take_cut(len(body))
@@ -151,9 +160,9 @@ class FileServer:
                     await asyncio.sleep(self.faults.chunk_delay)
         except ConnectionError:
             # The client went away mid-body (its timeout, a dropped link): nothing to answer.
-            self.served.append(ServedRequest(file_id, status, range_header, sent, False, True))
+            self._log(ServedRequest(file_id, status, range_header, sent, False, True))
             return response
-        self.served.append(ServedRequest(file_id, status, range_header, sent, cut is not None))
+        self._log(ServedRequest(file_id, status, range_header, sent, cut is not None))
         if cut is not None:
             # A cut link: the client sees the connection close before Content-Length is met.
             if request.transport is not None:
