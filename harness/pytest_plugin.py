@@ -121,6 +121,21 @@ def _load_target(config: pytest.Config) -> tuple[str, Any]:
     return kind, rig
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The run's environment (target, brokers, seed, versions) into the Allure results."""
+    config = session.config
+    results = getattr(config.option, "allure_report_dir", None)
+    if not results or _TARGET not in config.stash:
+        return
+    from .reporting import environment_properties, write_allure_environment
+
+    kind, _ = target_and_rig(config)
+    seed = config.getoption("--ota-seed")
+    write_allure_environment(
+        Path(results), environment_properties(kind, broker_backends(config), seed)
+    )
+
+
 def target_and_rig(config: pytest.Config) -> tuple[str, Any]:
     """The run's target ("sim", "rig" or "external") and its :class:`rigs.Rig` (or None)."""
     return config.stash[_TARGET]

@@ -10,6 +10,7 @@ from .broker import broker_command
 from .certs import certs_command
 from .package import package_command
 from .push import push_command
+from .report import report_command
 from .run import run_command
 from .services import gateway_command, platform_command, up_command
 from .sim import sim_command
@@ -36,5 +37,6 @@ for command in (
     certs_command,
     board_command,
     package_command,
+    report_command,
 ):
     main.add_command(command)
