@@ -108,6 +108,13 @@ class MqttEndpoint:
         self._task = None
         self.connected.clear()
 
+    async def move_to(self, broker: BrokerUrl | str, wait: float | None = 10.0) -> None:
+        """Reconnect to another broker address (a fault proxy in front of the same broker);
+        what is queued is kept and goes out there."""
+        await self.stop()
+        self.broker = BrokerUrl.parse(broker) if isinstance(broker, str) else broker
+        await self.start(wait)
+
     def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Queue a message; it goes out now if connected, else after the next connect.
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .broker import Broker, make_broker
 from .client import PlatformClient
+from .faults import MqttFaultProxy
 from .gateway import GatewayAgent, GatewayConfig
 from .gateway.local import LOCAL_COMPONENTS, local_device_id
 from .platform import PlatformConfig, PlatformServer
@@ -70,6 +71,8 @@ class OtaSystem:
             else None
         )
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        #: Between the gateway and the broker once :meth:`gateway_link` was asked for.
+        self.proxy: MqttFaultProxy | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -148,8 +151,23 @@ class OtaSystem:
         if self.gateway is not None:
             await self.stop_gateway()
         self.gateway = GatewayAgent(self.gateway_config())
-        await self.gateway.start(self.broker.url)
+        await self.gateway.start(self.proxy.url if self.proxy else self.broker.url)
         return self.gateway
+
+    async def gateway_link(self) -> MqttFaultProxy:
+        """The gateway's link to the broker as a fault proxy (started, and the gateway moved
+        onto it, the first time): outages, duplicates and reorders happen there."""
+        if self.proxy is None:
+            assert self.broker is not None
+            trace = self.trace
+            self.proxy = MqttFaultProxy(
+                str(self.broker.url),
+                on_fault=(lambda on, what: trace.fault(on, what)) if trace else None,
+            )
+            await self.proxy.start()
+            if self.gateway is not None and self.gateway.mqtt is not None:
+                await self.gateway.mqtt.move_to(self.proxy.url)
+        return self.proxy
 
     async def stop_gateway(self) -> None:
         if self.gateway is not None:
@@ -158,6 +176,9 @@ class OtaSystem:
 
     async def stop(self) -> None:
         await self.stop_gateway()
+        if self.proxy is not None:
+            await self.proxy.stop()
+            self.proxy = None
         if self.client is not None:
             await self.client.close()
             self.client = None
