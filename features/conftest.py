@@ -12,6 +12,7 @@ from rigs.lock import RigLock
 
 from .steps.camera_steps import *  # noqa: F403
 from .steps.common import scenario  # noqa: F401  (fixture)
+from .steps.field_steps import *  # noqa: F403
 from .steps.fleet_steps import *  # noqa: F403
 from .steps.gateway_steps import *  # noqa: F403
 from .steps.local_steps import *  # noqa: F403

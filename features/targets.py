@@ -257,11 +257,7 @@ class Target:
             burst = 1.0 if burst is None else burst
             seed = nodes + int(100 * loss) + SEED_STRIDE * self.seed
             spec = FleetSpec(nodes=nodes, radio=radio, loss=loss, burst=burst, seed=seed)
-            attached = ota.run(attach_fleet(ota.system, spec))
-            self.fleet = NodeFleet(
-                list(attached.fleet.ids), attached.product_id, attached.upgrader, sim=attached
-            )
-            return self.fleet
+            return self.sim_fleet(ota, spec)
         rig = self.rig
         assert rig is not None
         if radio != rig.radio:
@@ -277,6 +273,15 @@ class Target:
                     + ("" if rig.virtual else " (a real radio's loss is what it is)")
                 )
         self.fleet = self._attach_rig(ota)
+        return self.fleet
+
+    def sim_fleet(self, ota: Ota, spec: FleetSpec) -> NodeFleet:
+        """A simulated fleet built from ``spec`` as it is (its seed included)."""
+        self.require_sim("a simulated fleet")
+        attached = ota.run(attach_fleet(ota.system, spec))
+        self.fleet = NodeFleet(
+            list(attached.fleet.ids), attached.product_id, attached.upgrader, sim=attached
+        )
         return self.fleet
 
     def _attach_rig(self, ota: Ota) -> NodeFleet:

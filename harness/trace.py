@@ -310,9 +310,9 @@ def normalise(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
       host and port in URLs (a free port per run) become ``<host>``;
     - progress reports between the first (accepted) and the last (complete) are dropped:
       how far a shared download had got when a job joined it is the wall clock's doing;
-    - MQTT messages are grouped by topic, in order within each topic: how messages to or
-      from different devices interleave is decided by the wall clock; the order on one
-      topic is not;
+    - MQTT messages are grouped by topic, in order within each topic, and the platform's
+      events by kind and device: how messages of different devices interleave is decided
+      by the wall clock; the order on one topic is not;
     - the header keeps the seed and the configuration, not the ``source`` (paths).
     """
     names: dict[str, str] = {}
@@ -336,14 +336,19 @@ def normalise(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         (e for e in items if e.get("ev") == "mqtt" and not _intermediate_progress(e)),
         key=lambda e: str(e.get("topic")),
     )  # stable: order within a topic is kept
+    platform = sorted(
+        (e for e in items if e.get("ev") == "platform"),
+        key=lambda e: (str(e.get("kind")), str(e.get("device"))),
+    )
     out: list[dict[str, Any]] = []
     for event in items:
-        if event.get("ev") == "mqtt":
+        if event.get("ev") in ("mqtt", "platform"):
             continue
         if event.get("ev") == "header":
             event = {k: v for k, v in event.items() if k != "source"}
         out.append(clean(event))
     out.extend(clean(e) for e in mqtt)
+    out.extend(clean(e) for e in platform)
     return out
 
 
@@ -374,3 +379,31 @@ def first_difference(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> str | 
 def _short(event: Mapping[str, Any]) -> str:
     text = json.dumps(event, sort_keys=True, default=str)
     return text if len(text) <= 200 else text[:199] + "…"
+
+
+def outcome_differences(
+    recorded: Mapping[str, Any] | None, replayed: Mapping[str, Any] | None
+) -> list[str]:
+    """Where two outcome events disagree: each record's state and reason, each device's
+    version. Empty when they agree."""
+    if recorded is None or replayed is None:
+        which = "recorded" if recorded is None else "replayed"
+        return [f"the {which} trace has no outcome (the run was cut short)"]
+    out = []
+    a, b = recorded.get("records", {}), replayed.get("records", {})
+    for device in sorted(set(a) | set(b)):
+        x, y = a.get(device), b.get(device)
+        if x is None or y is None:
+            out.append(
+                f"{device}: a record only in the {'replayed' if x is None else 'recorded'} run"
+            )
+        elif (x.get("state"), x.get("reason")) != (y.get("state"), y.get("reason")):
+            out.append(
+                f"{device}: {x.get('state')} ({x.get('reason') or 'no reason'}) recorded, "
+                f"{y.get('state')} ({y.get('reason') or 'no reason'}) replayed"
+            )
+    va, vb = recorded.get("versions", {}), replayed.get("versions", {})
+    for device in sorted(set(va) | set(vb)):
+        if va.get(device) != vb.get(device):
+            out.append(f"{device}: version {va.get(device)} recorded, {vb.get(device)} replayed")
+    return out

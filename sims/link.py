@@ -4,14 +4,35 @@ thread, their progress and results come back on the caller's event loop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import simpy
 
 from harness.gateway.distribution.session import BroadcastSession
 from harness.nodeproto.link import Action, ActionSink
 
 from .driver import SimDriver
 from .fleet import SimFleet
+
+log = logging.getLogger("ota_hil.sims.link")
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Checkpoint:
+    """Something to do on the caller's loop when the radio reaches ``at`` seconds."""
+
+    at: float
+    hook: Hook
+    what: str
+    #: Simulated seconds (since the first session began) at which it ran; None: not yet.
+    ran_at: float | None = None
 
 
 class SimNodeLink:
@@ -22,6 +43,22 @@ class SimNodeLink:
         self.max_frame = fleet.profile.max_frame
         self.driver = SimDriver(fleet)
         self._lock = threading.Lock()
+        #: Simulated time at which the first session began: the origin of checkpoints.
+        self.origin: float | None = None
+        self.checkpoints: list[Checkpoint] = []
+
+    def at(self, seconds: float, hook: Hook, what: str) -> Checkpoint:
+        """Run ``hook`` on the caller's event loop when the radio has been busy for
+        ``seconds`` of simulated time since the first session began; the simulation waits
+        for it. Everything the gateway was told before that moment has reached it first,
+        so what the hook changes (a broker outage) falls at the same point of every run.
+        A checkpoint still pending when a session ends runs then: a window that opened
+        always closes."""
+        if seconds < 0:
+            raise ValueError(f"a checkpoint at {seconds} s: the radio's time starts at 0")
+        checkpoint = Checkpoint(seconds, hook, what)
+        self.checkpoints.append(checkpoint)
+        return checkpoint
 
     async def run(self, session: BroadcastSession, on_action: ActionSink) -> None:
         """Drive ``session`` on a worker thread. Cancelled, the session is cancelled too
@@ -32,10 +69,27 @@ class SimNodeLink:
 
         def drive() -> None:
             with self._lock:
+                env = self.driver.env
+                if self.origin is None:
+                    self.origin = env.now
+                pending = [c for c in self.checkpoints if c.ran_at is None]
+                waiting = [env.process(self._wait(c, inbox, loop)) for c in pending]
                 try:
                     self.driver.run(session, inbox.put, stop)
                 finally:
                     inbox.flush()
+                    for process in waiting:
+                        if process.is_alive:
+                            process.interrupt()
+                    if not stop.is_set():
+                        for checkpoint in pending:
+                            if checkpoint.ran_at is None:
+                                log.info(
+                                    "%s: after the session, at %.1f s",
+                                    checkpoint.what,
+                                    env.now - self.origin,
+                                )
+                                self._run_hook(checkpoint, inbox, loop)
 
         worker = loop.run_in_executor(None, drive)
         try:
@@ -45,6 +99,32 @@ class SimNodeLink:
             await asyncio.wait([worker])
             raise
         await inbox.drained()
+
+    def _wait(
+        self, checkpoint: Checkpoint, inbox: _Inbox, loop: asyncio.AbstractEventLoop
+    ) -> Generator[simpy.Event, Any, None]:
+        env = self.driver.env
+        assert self.origin is not None
+        try:
+            yield env.timeout(max(0.0, self.origin + checkpoint.at - env.now))
+        except simpy.Interrupt:
+            return
+        self._run_hook(checkpoint, inbox, loop)
+
+    def _run_hook(
+        self, checkpoint: Checkpoint, inbox: _Inbox, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """On the simulation thread: hand over what happened so far, then run the hook on
+        the loop and wait for it (simulated time stands still meanwhile)."""
+        assert self.origin is not None
+        checkpoint.ran_at = self.driver.env.now - self.origin
+        inbox.flush()
+
+        async def settle_then_run() -> None:
+            await inbox.drained()
+            await checkpoint.hook()
+
+        asyncio.run_coroutine_threadsafe(settle_then_run(), loop).result()
 
     async def inventory(self) -> dict[str, str | None]:
         with self._lock:

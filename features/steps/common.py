@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from harness.pytest_plugin import Ota
+from sims.reproduce import seeded_image
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ class ScenarioContext:
     def image(self, version: str, size: int) -> bytes:
         """A firmware image of ``size`` bytes, the same for the same seed and version:
         two runs push the same bytes, so their traces compare."""
-        return random.Random(f"{self.seed}/{version}/{size}").randbytes(size)
+        return seeded_image(self.seed, version, size)
 
 
 @pytest.fixture

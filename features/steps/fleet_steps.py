@@ -6,6 +6,7 @@ from pytest_bdd import given, parsers, then, when
 
 from harness.pytest_plugin import Ota
 from sims.fleetfile import FaultSpec
+from sims.reproduce import apply_download_fault
 
 from ..targets import NodeFleet, Target
 from .common import ScenarioContext, wait_for
@@ -88,6 +89,8 @@ def _push(ota: Ota, scenario: ScenarioContext, version: str, kib: int) -> None:
         image = scenario.image(version, kib * 1024)
         scenario.firmware = ota.run(client.upload_firmware(image, fleet.product_id, version))
     fw = scenario.firmware
+    for fault in scenario.answers.pop("download faults", []):
+        apply_download_fault(ota.system, fault, kib * 1024)
     scenario.task = ota.run(
         client.create_task(fw["id"], name=f"nodes {version}", mode="push", timeoutSeconds=300)
     )

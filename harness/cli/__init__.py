@@ -8,6 +8,7 @@ from .. import __version__
 from .board import board_command
 from .broker import broker_command
 from .certs import certs_command
+from .field import import_command, replay_command, reproduce_command
 from .package import package_command
 from .push import push_command
 from .report import report_command
@@ -38,5 +39,8 @@ for command in (
     board_command,
     package_command,
     report_command,
+    reproduce_command,
+    replay_command,
+    import_command,
 ):
     main.add_command(command)

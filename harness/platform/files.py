@@ -34,6 +34,17 @@ class DownloadFaults:
     range_quirk: bool = False
     #: Seconds to sleep between chunks (a slow link).
     chunk_delay: float = 0.0
+    #: The next ``stall_times`` downloads that pass this byte of the file stop there for
+    #: ``stall_seconds`` before going on (a link that stalls, then recovers).
+    stall_at_byte: int | None = None
+    stall_seconds: float = 0.0
+    stall_times: int = 0
+
+    def stall_ahead(self, offset: int) -> int | None:
+        """The stall point at or after file ``offset``, while stalls are left."""
+        if self.stall_at_byte is None or self.stall_times <= 0 or self.stall_at_byte < offset:
+            return None
+        return self.stall_at_byte
 
     def take_cut(self, length: int) -> int | None:
         """Where to cut a body of ``length`` bytes, or None; a cut that would fall at or past
@@ -153,9 +164,16 @@ class FileServer:
         sent = 0
         try:
             while sent < limit:
-                chunk = body[sent : min(sent + CHUNK, limit)]
-                await response.write(chunk)
-                sent += len(chunk)
+                stop = min(sent + CHUNK, limit)
+                stall = self.faults.stall_ahead(start + sent)
+                if stall is not None and stall - start < stop:
+                    stop = stall - start
+                if stop > sent:
+                    await response.write(body[sent:stop])
+                    sent = stop
+                if stall is not None and start + sent == stall:
+                    self.faults.stall_times -= 1
+                    await asyncio.sleep(self.faults.stall_seconds)
                 if self.faults.chunk_delay:
                     await asyncio.sleep(self.faults.chunk_delay)
         except ConnectionError:
