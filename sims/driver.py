@@ -50,6 +50,8 @@ class SimDriver:
         self.env = env or simpy.Environment()
         self.profile = fleet.profile
         self.tap: FrameTap | None = None
+        #: Why a session stopped by ``stop`` failed its nodes (None: it was canceled).
+        self.stop_reason: str | None = None
 
     def run(
         self,
@@ -90,7 +92,7 @@ class SimDriver:
         while not session.done or queue:
             if stop.is_set() and not session.done:
                 queue.clear()  # what was to be sent is moot; the ABORT goes out next
-                perform(session.cancel(env.now))
+                perform(session.cancel(env.now, self.stop_reason or "session canceled"))
             if queue:
                 tx = queue.popleft()
                 name = tx.kind.name

@@ -231,10 +231,21 @@ class FieldSpec(BaseModel):
             for item in self.schedule
             if isinstance(item, NodeFault)
         ]
-        spec = self.fleet.model_copy(
+        # A copy, not a re-validation: the overrides keep which fault fields they set, and
+        # fault overrides merge field by field on exactly those.
+        return self.fleet.model_copy(
             update={"seed": self.seed, "overrides": [*self.fleet.overrides, *extra]}
         )
-        return FleetSpec.model_validate(spec.model_dump())
+
+    @model_validator(mode="after")
+    def _nodes_exist(self) -> FieldSpec:
+        for index, item in enumerate(self.schedule):
+            if isinstance(item, NodeFault):
+                try:
+                    NodeOverride(nodes=item.node, faults=item.faults()).indices(self.fleet.nodes)
+                except ValueError as exc:
+                    raise _ItemError(index, str(exc), "node") from None
+        return self
 
     @property
     def system_faults(self) -> list[BrokerOutage | LinkFault | DownloadFault]:
@@ -266,9 +277,12 @@ class FieldSpec(BaseModel):
 
 
 class _ItemError(ValueError):
-    def __init__(self, index: int, message: str) -> None:
+    """A problem with schedule item ``index`` (at its field ``sub``, if given)."""
+
+    def __init__(self, index: int, message: str, *sub: str) -> None:
         super().__init__(message)
         self.index = index
+        self.sub = sub
 
 
 def field_from_dict(data: Any, source: str = "<field>") -> FieldSpec:
@@ -277,9 +291,7 @@ def field_from_dict(data: Any, source: str = "<field>") -> FieldSpec:
         got = "nothing" if data is None else type(data).__name__
         raise FieldFileError(source, [(None, None, f"expected a mapping of fields, got {got}")])
     try:
-        spec = FieldSpec.model_validate(data)
-        spec.fleet_spec()  # node selectors against the fleet's size
-        return spec
+        return FieldSpec.model_validate(data)
     except FleetFileError as exc:
         # The fleet's own errors, re-rooted under "fleet".
         problems = [(f"fleet.{f}" if f else "fleet", None, r) for f, _, r in exc.problems]
@@ -315,7 +327,7 @@ def _problems(exc: ValidationError) -> list[tuple[str | None, int | None, str]]:
             problems += [(f"fleet.{f}" if f else "fleet", None, r) for f, _, r in cause.problems]
             continue
         if isinstance(cause, _ItemError):
-            loc = (*loc, cause.index)
+            loc = ("schedule", cause.index, *cause.sub)
             reason = str(cause)
         elif loc[:1] == ("schedule",) and len(loc) >= 3 and isinstance(loc[2], str):
             # The item's kind (the discriminator's tag) is no field of the file.

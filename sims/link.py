@@ -67,16 +67,27 @@ class SimNodeLink:
         inbox = _Inbox(loop, on_action)
         stop = threading.Event()
 
+        def run_hook(checkpoint: Checkpoint) -> None:
+            try:
+                self._run_hook(checkpoint, inbox, loop)
+            except Exception as exc:
+                # The session is cancelled (its nodes get an ABORT) and fails its nodes with
+                # the reason; raised through SimPy it would stay scheduled in the shared world.
+                log.error("%s failed: %s", checkpoint.what, exc)
+                self.driver.stop_reason = f"{checkpoint.what} failed: {exc}"
+                stop.set()
+
         def drive() -> None:
             with self._lock:
                 env = self.driver.env
                 if self.origin is None:
                     self.origin = env.now
                 pending = [c for c in self.checkpoints if c.ran_at is None]
-                waiting = [env.process(self._wait(c, inbox, loop)) for c in pending]
+                waiting = [env.process(self._wait(c, run_hook)) for c in pending]
                 try:
                     self.driver.run(session, inbox.put, stop)
                 finally:
+                    self.driver.stop_reason = None
                     inbox.flush()
                     for process in waiting:
                         if process.is_alive:
@@ -89,7 +100,7 @@ class SimNodeLink:
                                     checkpoint.what,
                                     env.now - self.origin,
                                 )
-                                self._run_hook(checkpoint, inbox, loop)
+                                run_hook(checkpoint)
 
         worker = loop.run_in_executor(None, drive)
         try:
@@ -101,7 +112,7 @@ class SimNodeLink:
         await inbox.drained()
 
     def _wait(
-        self, checkpoint: Checkpoint, inbox: _Inbox, loop: asyncio.AbstractEventLoop
+        self, checkpoint: Checkpoint, run_hook: Callable[[Checkpoint], None]
     ) -> Generator[simpy.Event, Any, None]:
         env = self.driver.env
         assert self.origin is not None
@@ -109,7 +120,7 @@ class SimNodeLink:
             yield env.timeout(max(0.0, self.origin + checkpoint.at - env.now))
         except simpy.Interrupt:
             return
-        self._run_hook(checkpoint, inbox, loop)
+        run_hook(checkpoint)
 
     def _run_hook(
         self, checkpoint: Checkpoint, inbox: _Inbox, loop: asyncio.AbstractEventLoop

@@ -13,10 +13,10 @@ import numpy as np
 from harness.gateway.distribution.metrics import SessionMetrics
 from harness.gateway.distribution.plan import SessionPlan
 from harness.gateway.distribution.session import BroadcastSession
-from harness.nodeproto.link import NodeResult
+from harness.nodeproto.link import ActionSink, NodeResult
 
 from .bounds import arq_bound, ideal_code_bound
-from .driver import SimDriver
+from .driver import FrameTap, SimDriver
 from .fleet import SimFleet
 from .fleetfile import FleetSpec
 
@@ -66,9 +66,16 @@ class SimRun:
 
 
 def run_standalone(
-    spec: FleetSpec, image_size: int, *, version: str = "2.0.0", seed: int | None = None
+    spec: FleetSpec,
+    image_size: int,
+    *,
+    version: str = "2.0.0",
+    seed: int | None = None,
+    on_action: ActionSink | None = None,
+    tap: FrameTap | None = None,
 ) -> SimRun:
-    """Build the fleet and push one image of ``image_size`` bytes to every node."""
+    """Build the fleet and push one image of ``image_size`` bytes to every node;
+    ``on_action`` sees progress and results, ``tap`` every frame (for a display)."""
     seed = spec.seed if seed is None else seed
     started = time.perf_counter()
     fleet = SimFleet(spec)
@@ -86,7 +93,9 @@ def run_standalone(
         apply_time=2 * fleet.timing.apply_time,
     )
     session = BroadcastSession(plan)
-    metrics = SimDriver(fleet).run(session)
+    driver = SimDriver(fleet)
+    driver.tap = tap
+    metrics = driver.run(session, on_action)
     wall = time.perf_counter() - started
     losses = fleet.channel.mean_loss()
     return SimRun(

@@ -18,7 +18,8 @@ from typing import Any
 
 from harness.trace import TraceError, read_trace
 
-from .fieldfile import FieldSpec, field_from_dict
+from .fieldfile import FieldFileError, FieldSpec, field_from_dict
+from .fleetfile import MAX_NODES
 
 #: ``/{product}/{gateway}/child/{node}/firmware/{what}`` (JetLinks' child device topics).
 _CHILD = re.compile(r"^/([^/]+)/([^/]+)/child/([^/]+)/firmware/(.+)$")
@@ -38,6 +39,8 @@ class NodeStory:
     reason: str | None = None
     version_after: str | None = None
     timeline: list[tuple[float | None, str]] = field(default_factory=list)
+    #: A progress report came: later version reports are the node's new version.
+    progressed: bool = False
 
 
 @dataclass
@@ -103,7 +106,9 @@ def field_from_transcript(transcript: Transcript, name: str | None = None) -> Fi
         if seconds is not None and t0 is None:
             t0 = seconds
         at = None if seconds is None or t0 is None else round(seconds - t0, 3)
-        if what == "report" and story.state == "waiting" and story.version_before is None:
+        if what == "report" and not story.progressed:
+            # A node's report can cross the upgrade message on the wire: until it reports
+            # progress, what it reports is the version it had.
             story.version_before = _text(payload.get("version"))
         elif what == "upgrade":
             version = _text(payload.get("version")) or version
@@ -111,6 +116,7 @@ def field_from_transcript(transcript: Transcript, name: str | None = None) -> Fi
             story.timeline.append((at, f"told to upgrade to {payload.get('version')}"))
             story.state = "processing"
         elif what == "upgrade/progress":
+            story.progressed = True
             progress = payload.get("progress")
             if payload.get("complete"):
                 ok = payload.get("success", True) is not False
@@ -133,7 +139,9 @@ def field_from_transcript(transcript: Transcript, name: str | None = None) -> Fi
     ids = sorted(upgraded)
     prefix, mapping = _fleet_ids(ids)
     befores = [s.version_before for s in upgraded.values() if s.version_before]
-    common_before = max(set(befores), key=befores.count) if befores else "1.0.0"
+    # The most common version; a tie goes to the last in sorted order (stragglers are
+    # usually behind), the same each run.
+    common_before = max(set(befores), key=lambda v: (befores.count(v), v)) if befores else "1.0.0"
     overrides = []
     for node in ids:
         before = upgraded[node].version_before
@@ -179,7 +187,12 @@ def field_from_transcript(transcript: Transcript, name: str | None = None) -> Fi
         "observed": observed,
         "notes": " ".join(notes),
     }
-    return field_from_dict(data, transcript.source)
+    try:
+        return field_from_dict(data, transcript.source)
+    except FieldFileError as exc:
+        raise TranscriptError(
+            f"{transcript.source}: the field description it gives cannot be used: {exc}"
+        ) from None
 
 
 def _text(value: Any) -> str | None:
@@ -194,8 +207,17 @@ def _fleet_ids(ids: list[str]) -> tuple[str | None, dict[str, int]]:
         prefixes = {m[1] for m in matches if m}
         widths = {len(m[2]) for m in matches if m}
         numbers = {n: int(m[2]) for n, m in zip(ids, matches, strict=True) if m}
-        width = max(4, len(str(max(numbers.values()))))
-        if len(prefixes) == 1 and widths == {width} and len(set(numbers.values())) == len(ids):
+        top = max(numbers.values())
+        width = max(4, len(str(top)))
+        # Kept only as a fleet would name them: one non-empty prefix, zero-padded numbers,
+        # and numbers a fleet can have (serial numbers would need a fleet of their size).
+        if (
+            len(prefixes) == 1
+            and "" not in prefixes
+            and widths == {width}
+            and len(set(numbers.values())) == len(ids)
+            and top < min(MAX_NODES, 10 * len(ids) + 100)
+        ):
             return prefixes.pop(), numbers
     return None, {n: i for i, n in enumerate(ids)}
 

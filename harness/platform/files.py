@@ -78,6 +78,7 @@ class ServedRequest:
             "cut": self.cut,
             "aborted": self.aborted,
             "time": self.time,
+            "method": self.method,
         }
 
 
@@ -162,16 +163,19 @@ class FileServer:
         cut = self.faults.take_cut(len(body))
         limit = len(body) if cut is None else cut
         sent = 0
+        stalled = False  # one stall per download, however many are left
         try:
             while sent < limit:
                 stop = min(sent + CHUNK, limit)
-                stall = self.faults.stall_ahead(start + sent)
+                stall = None if stalled else self.faults.stall_ahead(start + sent)
                 if stall is not None and stall - start < stop:
                     stop = stall - start
                 if stop > sent:
                     await response.write(body[sent:stop])
                     sent = stop
-                if stall is not None and start + sent == stall:
+                if stall is not None and start + sent == stall and sent < limit:
+                    # Only a download that goes on past the stall byte stalls there.
+                    stalled = True
                     self.faults.stall_times -= 1
                     await asyncio.sleep(self.faults.stall_seconds)
                 if self.faults.chunk_delay:
