@@ -28,6 +28,13 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
+def escape(text: str) -> str:
+    """Text from a field file or a run, shown as it is (``[errno 5]`` is no markup)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^\w.-]+", "-", text).strip("-")[:80] or "field"
 
@@ -59,7 +66,7 @@ def _slug(text: str) -> str:
 )
 @click.option("--all", "show_all", is_flag=True, help="List every node, not only those failed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, no progress.")
-@click.option("--no-progress", is_flag=True, help="No progress bars (they are off without a TTY).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (none without a terminal).")
 @click.option(
     "--timeout",
     type=click.FloatRange(min=1),
@@ -86,6 +93,9 @@ def reproduce_command(
 ) -> None:
     """Run a field description (sims/fields/*.yaml) and summarise each node's end.
 
+    On a terminal a progress bar per phase (download, first broadcast, records ended)
+    shows how far it is; a table of the nodes that did not succeed ends it.
+
     The harness's broker, platform and reference gateway run with the field's fleet
     behind it; its faults happen on their schedule (times are seconds of radio time since
     the broadcast session began); one push; every record is awaited. The same file gives
@@ -101,7 +111,7 @@ def reproduce_command(
         raise click.ClickException(str(exc)) from None
     trace_path = trace_path or Path("reports/traces") / f"reproduce-{_slug(spec.name)}.jsonl"
     source = {"kind": "field", "path": str(field_file), "broker": broker}
-    progress = not (as_json or no_progress)
+    progress = not (as_json or no_progress) and _console().is_terminal
     result = _reproduce(spec, broker, trace_path, source, timeout, progress)
     differences = result.differences()
     if feature_path is not None:
@@ -114,14 +124,14 @@ def reproduce_command(
     else:
         console = _console()
         _summary(console, result, show_all)
-        console.print(f"trace: {trace_path}")
+        console.print(f"trace: {escape(str(trace_path))}")
         if feature_path is not None:
-            console.print(f"scenario: {feature_path}")
+            console.print(f"scenario: {escape(str(feature_path))}")
         if spec.observed:
             if differences:
                 console.print("[bold red]does not reproduce what the field observed:[/]")
                 for line in differences:
-                    console.print(f"  {line}")
+                    console.print(f"  {escape(line)}")
             else:
                 console.print("[bold green]reproduces what the field observed[/]")
     if differences:
@@ -193,15 +203,15 @@ def _summary(console: Console, result: Reproduction, show_all: bool) -> None:
 
     outcomes = result.outcomes
     shown = outcomes.values() if show_all else result.failed.values()
-    table = Table(title=f"{result.field.name}: {len(outcomes)} nodes", title_justify="left")
+    table = Table(title=f"{escape(result.field.name)}: {len(outcomes)} nodes", title_justify="left")
     for column in ("node", "end", "reason", "version", "blocks stored", "power cuts"):
         table.add_column(column, overflow="fold")
     for o in shown:
         style = "green" if o.state == "success" else "red"
         table.add_row(
-            o.node,
-            f"[{style}]{o.state}[/]",
-            o.reason or "",
+            escape(o.node),
+            f"[{style}]{escape(o.state)}[/]",
+            escape(o.reason or ""),
             f"{o.version_before} -> {o.version_after}",
             str(o.blocks),
             str(o.power_cuts),
@@ -218,7 +228,7 @@ def _summary(console: Console, result: Reproduction, show_all: bool) -> None:
         schedule.add_column("fault")
         schedule.add_column("ran at (radio time)")
         for what, at in result.schedule:
-            schedule.add_row(what, "never" if at is None else f"{at:.1f} s")
+            schedule.add_row(escape(what), "never" if at is None else f"{at:.1f} s")
         console.print(schedule)
 
 
@@ -351,24 +361,26 @@ def _report_replay(trace_file: Path, recorded: Any, replayed: Any) -> None:
     console = _console()
     differences = outcome_differences(recorded.outcome, replayed.outcome)
     records = (recorded.outcome or {}).get("records", {})
-    table = Table(title=f"replay of {trace_file.name}", title_justify="left")
+    table = Table(title=f"replay of {escape(trace_file.name)}", title_justify="left")
     table.add_column("records")
     table.add_column("recorded")
     table.add_column("replayed")
     states = [r.get("state") for r in records.values()]
     again = [r.get("state") for r in (replayed.outcome or {}).get("records", {}).values()]
     for state in sorted(set(states) | set(again), key=str):
-        table.add_row(str(state), str(states.count(state)), str(again.count(state)))
+        table.add_row(escape(str(state)), str(states.count(state)), str(again.count(state)))
     console.print(table)
-    console.print(f"replay trace: {replayed.path}")
+    console.print(f"replay trace: {escape(str(replayed.path))}")
     part = first_difference(normalise(recorded.all), normalise(replayed.all))
     console.print(
-        "normalised traces: identical" if part is None else f"normalised traces part: {part}"
+        "normalised traces: identical"
+        if part is None
+        else f"normalised traces part: {escape(part)}"
     )
     if differences:
         console.print("[bold red]the outcome differs:[/]")
         for line in differences[:50]:
-            console.print(f"  {line}")
+            console.print(f"  {escape(line)}")
         if len(differences) > 50:
             console.print(f"  ... and {len(differences) - 50} more")
     else:

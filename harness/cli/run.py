@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -52,6 +54,13 @@ def features_dir() -> Path:
     help="Seconds to wait for another run to release the rig before failing.",
 )
 @click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of fleets, faults and firmware images: the same seed gives the same run.",
+)
+@click.option(
     "--reports",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("reports"),
@@ -64,6 +73,7 @@ def run_command(
     target: str,
     rig_file: Path | None,
     rig_lock_timeout: float,
+    seed: int,
     reports: Path,
     pytest_args: tuple[str, ...],
 ) -> None:
@@ -93,9 +103,62 @@ def run_command(
         f"--alluredir={reports / 'allure-results'}",
         f"--junitxml={reports / 'junit.xml'}",
         f"--ota-logs={reports / 'logs'}",
+        f"--ota-traces={reports / 'traces'}",
+        f"--ota-seed={seed}",
         f"--target={target}",
         *([f"--rig={rig_file}", f"--rig-lock-timeout={rig_lock_timeout}"] if rig_file else []),
         *(f"--broker={b}" for b in (brokers or ("embedded",))),
         *pytest_args,
     ]
-    raise SystemExit(int(pytest.main(args)))
+    raise SystemExit(int(pytest.main(args, plugins=[FeatureSummary()])))
+
+
+class FeatureSummary:
+    """A table at the end of the run: each feature's scenarios passed, failed and skipped,
+    and the time they took (pytest's own progress shows how far the run is)."""
+
+    def __init__(self) -> None:
+        self.feature_of: dict[str, str] = {}
+        self.rows: dict[str, dict[str, float]] = {}
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            scenario = getattr(getattr(item, "obj", None), "__scenario__", None)
+            feature = getattr(scenario, "feature", None)
+            name = getattr(feature, "rel_filename", None) or getattr(feature, "name", None)
+            self.feature_of[item.nodeid] = str(name or item.nodeid.split("::")[0])
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        row = self.rows.setdefault(
+            self.feature_of.get(report.nodeid, report.nodeid.split("::")[0]),
+            {"passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0},
+        )
+        row["seconds"] += report.duration
+        if report.when == "call" or (report.when == "setup" and not report.passed):
+            outcome = "failed" if report.failed else report.outcome
+            row["passed" if outcome == "passed" else outcome] += 1
+        elif report.when == "teardown" and report.failed:
+            row["failed"] += 1
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.rows:
+            return
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        table = Table(title="scenarios by feature", title_justify="left")
+        for column in ("feature", "passed", "failed", "skipped", "seconds"):
+            table.add_column(column, justify="left" if column == "feature" else "right")
+        for feature, row in sorted(self.rows.items()):
+            failed = int(row["failed"])
+            table.add_row(
+                escape(feature),
+                str(int(row["passed"])),
+                f"[red]{failed}[/]" if failed else "0",
+                str(int(row["skipped"])),
+                f"{row['seconds']:.1f}",
+            )
+        out = io.StringIO()
+        Console(file=out, width=110, highlight=False, force_terminal=False).print(table)
+        terminalreporter.write(out.getvalue())

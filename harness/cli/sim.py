@@ -79,6 +79,7 @@ def _size(ctx: click.Context, param: click.Parameter, value: str) -> int:
     help="A fleet file (YAML) instead of --radio/--nodes/--loss/--burst.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (none without a terminal).")
 def sim_command(
     radio: str,
     nodes: int,
@@ -89,6 +90,7 @@ def sim_command(
     seed: int,
     fleet_file: Path | None,
     as_json: bool,
+    no_progress: bool,
 ) -> None:
     """Run one broadcast distribution on a simulated fleet and print what it cost.
 
@@ -109,14 +111,93 @@ def sim_command(
             )
     except (FleetFileError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+    from rich.console import Console
+
+    console = Console(highlight=False)
     try:
-        run = run_standalone(spec, image_size)
+        if as_json or no_progress or not console.is_terminal:
+            run = run_standalone(spec, image_size)
+        else:
+            with SessionBars(console, spec.nodes) as bars:
+                run = run_standalone(spec, image_size, on_action=bars.action, tap=bars)
     except ValueError as exc:  # e.g. an image too big for the protocol's block count
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps(run.to_dict(), indent=2))
         return
     click.echo(_table(run.to_dict()))
+
+
+class SessionBars:
+    """A bar per phase of the session: the image's blocks on their first broadcast, then
+    the nodes that hold the whole image, took the key, were started, and ended."""
+
+    #: Node progress (0..100 of the node upgrade) that marks the end of each phase.
+    PHASES = (("image complete", 80.0), ("key exchanged", 85.0), ("started", 90.0))
+
+    def __init__(self, console: Any, nodes: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<26}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+        )
+        self.blocks = self.progress.add_task("broadcast (distinct blocks)", total=None)
+        self.phases = [self.progress.add_task(name, total=nodes) for name, _ in self.PHASES]
+        self.ended = self.progress.add_task("ended", total=nodes)
+        self._sent: set[int] = set()
+        self._reached: list[set[str]] = [set() for _ in self.PHASES]
+
+    def broadcast(self, vt: float, raw: bytes, heard: Any) -> None:
+        from harness.nodeproto.frames import (
+            Block,
+            FrameError,
+            FrameKind,
+            decode_frame,
+            decode_payload,
+        )
+
+        try:
+            frame = decode_frame(raw)
+            if frame.kind is FrameKind.ANNOUNCE and frame.count == 1:
+                announce = decode_payload(frame.kind, frame.session, frame.payload)
+                size, block = announce.image_size, announce.block_size  # type: ignore[attr-defined]
+                self.progress.update(self.blocks, total=-(-size // block))
+            elif frame.kind is FrameKind.BLOCK and frame.count == 1:
+                block = decode_payload(frame.kind, frame.session, frame.payload)
+                if isinstance(block, Block) and block.index not in self._sent:
+                    self._sent.add(block.index)
+                    self.progress.update(self.blocks, completed=len(self._sent))
+        except FrameError:
+            return
+
+    def unicast(self, vt: float, raw: bytes, to: str, heard: bool) -> None:
+        pass
+
+    def uplink(self, vt: float, node: str, raw: bytes, lost: bool) -> None:
+        pass
+
+    def action(self, action: Any) -> None:
+        from harness.nodeproto.link import NodeProgress, NodeResult
+
+        if isinstance(action, NodeProgress):
+            for (_, mark), reached, task in zip(
+                self.PHASES, self._reached, self.phases, strict=True
+            ):
+                if action.progress >= mark and action.node not in reached:
+                    reached.add(action.node)
+                    self.progress.update(task, completed=len(reached))
+        elif isinstance(action, NodeResult):
+            self.progress.advance(self.ended)
+
+    def __enter__(self) -> SessionBars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
 
 
 def _table(r: dict[str, Any]) -> str:
