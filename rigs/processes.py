@@ -45,12 +45,18 @@ class ChildProcess:
         return self.process.poll()
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM to the group, SIGKILL after ``grace`` seconds; closes the log."""
-        if self.process.poll() is None:
+        """SIGTERM to the group, SIGKILL after ``grace`` seconds; closes the log. Returns
+        once the whole group is gone: a launcher shell exits before what it started."""
+        deadline = time.monotonic() + grace
+        if self.process.poll() is None or _group_members(self.process.pid):
             _signal_group(self.process, signal.SIGTERM)
             try:
                 self.process.wait(grace)
+                while _group_members(self.process.pid) and time.monotonic() < deadline:
+                    time.sleep(0.02)
             except subprocess.TimeoutExpired:
+                pass
+            if self.process.poll() is None or _group_members(self.process.pid):
                 _signal_group(self.process, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(5)
@@ -58,6 +64,21 @@ class ChildProcess:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc (empty where there
+    is no /proc: then the group leader's exit is all that is waited for)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # After the command's closing parenthesis: state, ppid, pgrp.
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(stat.parent.name))
+    return members
 
 
 def _signal_group(process: subprocess.Popen[str], sig: signal.Signals) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -113,9 +114,23 @@ def firmware(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(
-    "command", [[], ["up"], ["push"], ["run"], ["platform"], ["gateway"], ["broker"]]
-)
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command and subcommand of ``group``, as the words that name it."""
+    out = [list(prefix)]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            out += _commands(command, (*prefix, name))
+        else:
+            out.append([*prefix, name])
+    return out
+
+
+def test_the_commands_are_all_there() -> None:
+    names = {" ".join(c) for c in _commands(main)}
+    assert {"reproduce", "replay", "import", "report", "sim", "run", "up"} <= names
+
+
+@pytest.mark.parametrize("command", _commands(main), ids=lambda c: " ".join(c) or "ota-hil")
 def test_every_command_has_help(command: list[str]) -> None:
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output

@@ -4,6 +4,7 @@ separate process (an "external" gateway on the harness's broker)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -31,6 +32,7 @@ def run_features(tmp_path: Path, *args: str, ok: bool = True) -> tuple[ET.Elemen
             "embedded",
             f"--junitxml={junit}",
             f"--ota-logs={tmp_path / 'logs'}",
+            f"--ota-traces={tmp_path / 'traces'}",
             *args,
         ],
         cwd=ROOT,
@@ -98,9 +100,10 @@ def test_an_external_gateway_with_credentials_is_checked_by_the_broker(tmp_path:
 
 
 def test_an_external_gateway_with_wrong_credentials_never_comes_online(tmp_path: Path) -> None:
+    wrong_key = f"not-the-key-{os.getpid()}-{tmp_path.name}"
     command = (
         "ota-hil gateway --broker {broker} --product-id {product_id} --device-id {device_id} "
-        "--state-dir {state_dir} --secure-id {secure_id} --secure-key not-the-key "
+        f"--state-dir {{state_dir}} --secure-id {{secure_id}} --secure-key {wrong_key} "
         "--log-level warning"
     )
     rig = external_rig(
@@ -115,6 +118,9 @@ def test_an_external_gateway_with_wrong_credentials_never_comes_online(tmp_path:
     )
     assert "gateway gateway-7 did not report its firmware at mqtt://127.0.0.1:" in out
     assert "external-gateway.log" in out
+    # The gateway that never came online was stopped with the scenario, not left running.
+    left = subprocess.run(["pgrep", "-af", wrong_key], capture_output=True, text=True)
+    assert left.returncode == 1, f"gateway processes left running: {left.stdout}"
 
 
 def test_a_gateway_at_the_bench_is_waited_for_with_a_deadline(tmp_path: Path) -> None:

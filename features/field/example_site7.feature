@@ -27,7 +27,7 @@ Feature: Field reproduction: site 7 night upgrade, gateway gw-0042
     And node 5 loses power during the apply
     And the broker is down from 20 s to 35 s of the radio session
     And MQTT messages from the gateway on "/+/+/child/+/firmware/upgrade/progress" are duplicated from 40 s to 50 s of the radio session
-    And the download stalls at 60% for 2 seconds
+    And the download stalls at 60% for 1 seconds
     When the platform pushes firmware "2.1.0" of 64 KiB to every node
     Then within 120 seconds every record ends, and only these nodes fail:
       | node | reason                                        |
