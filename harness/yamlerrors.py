@@ -1,9 +1,12 @@
-"""Problems in the YAML files people write (rig files, fleet files), each named by its
+"""Problems in the YAML files people write (rig, fleet and field files), each named by its
 field path and line and said in words a lab engineer reads without knowing pydantic."""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any, get_args
 
 import yaml
@@ -112,3 +115,31 @@ def line_of(
         else:
             break
     return line
+
+
+#: One problem: the field path (None: the whole file), its line (None: unknown), the reason.
+Problem = tuple[str | None, int | None, str]
+
+
+def read_yaml(
+    path: str | os.PathLike[str],
+    fail: Callable[[list[Problem]], Exception],
+    loader: type[yaml.SafeLoader] = yaml.SafeLoader,
+) -> tuple[str, Any]:
+    """A YAML file's text and data; a file that cannot be read or parsed raises
+    ``fail(problems)`` (the file's own error type)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail([(None, None, f"cannot read the file: {exc}")]) from None
+    try:
+        return text, yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        raise fail([(None, *yaml_problem(exc))]) from None
+
+
+def with_lines(
+    text: str, problems: list[Problem], loader: type[yaml.SafeLoader] = yaml.SafeLoader
+) -> list[Problem]:
+    """``problems`` with the line of each field in ``text``."""
+    return [(f, line_of(text, f, loader), r) for f, _, r in problems]

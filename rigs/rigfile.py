@@ -49,7 +49,7 @@ from harness.nodeproto.certs import (
     CertificateError,
 )
 from harness.nodeproto.frames import MIN_FRAME
-from harness.yamlerrors import field_path, line_of, pydantic_reason, yaml_problem
+from harness.yamlerrors import field_path, pydantic_reason, read_yaml, with_lines
 
 __all__ = [
     "RADIOS",
@@ -753,21 +753,14 @@ _RigLoader.add_implicit_resolver(
 def load_rig(path: str | os.PathLike[str]) -> Rig:
     """Read and validate a rig file; every problem is listed in one :class:`RigFileError`."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RigFileError(source, [(None, None, f"cannot read the file: {exc}")]) from None
-    try:
-        data = yaml.load(text, Loader=_RigLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise RigFileError(source, [(None, *yaml_problem(exc))]) from None
+    text, data = read_yaml(path, lambda problems: RigFileError(source, problems), _RigLoader)
     if data is None:
         raise RigFileError(source, [(None, None, "the file is empty; expected at least name:")])
     absolute = Path(path).resolve()
     try:
         rig = Rig.from_dict(data, source, base=absolute.parent)
     except RigFileError as exc:
-        problems = [(f, line_of(text, f, _RigLoader), r) for f, _, r in exc.problems]
+        problems = with_lines(text, exc.problems, _RigLoader)
         problems.sort(key=lambda problem: problem[1] or 1 << 30)  # in file order
         raise RigFileError(source, problems) from None
     rig._path = absolute

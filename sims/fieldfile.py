@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness.yamlerrors import field_path, line_of, pydantic_reason, yaml_problem
+from harness.yamlerrors import field_path, pydantic_reason, read_yaml, with_lines
 
 from .fleetfile import FaultSpec, FleetFileError, FleetSpec, NodeOverride, parse_selector
 
@@ -303,19 +303,11 @@ def field_from_dict(data: Any, source: str = "<field>") -> FieldSpec:
 def load_field(path: str | Path) -> FieldSpec:
     """Read and validate a field file; every problem is a :class:`FieldFileError`."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FieldFileError(source, [(None, None, f"cannot read the file: {exc}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FieldFileError(source, [(None, *yaml_problem(exc))]) from None
+    text, data = read_yaml(path, lambda problems: FieldFileError(source, problems))
     try:
         return field_from_dict(data, source)
     except FieldFileError as exc:
-        problems = [(f, line_of(text, f), r) for f, _, r in exc.problems]
-        raise FieldFileError(source, problems) from None
+        raise FieldFileError(source, with_lines(text, exc.problems)) from None
 
 
 def _problems(exc: ValidationError) -> list[tuple[str | None, int | None, str]]:

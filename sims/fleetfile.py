@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -32,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from harness.yamlerrors import field_path, line_of, pydantic_reason, yaml_problem
+from harness.yamlerrors import field_path, pydantic_reason, read_yaml, with_lines
 
 from .channels import (
     MAX_LINK_LOSS,
@@ -402,21 +401,13 @@ class FleetSpec(BaseModel):
 def load_fleet(path: str | Path) -> FleetSpec:
     """Read and validate a fleet file; every problem is a :class:`FleetFileError`."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FleetFileError(source, [(None, None, f"cannot read the file: {exc}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FleetFileError(source, [(None, *yaml_problem(exc))]) from None
+    text, data = read_yaml(path, lambda problems: FleetFileError(source, problems))
     if data is None:
         raise FleetFileError(source, [(None, None, "the file is empty; expected at least nodes:")])
     try:
         return FleetSpec.from_dict(data, source)
     except FleetFileError as exc:
-        problems = [(f, line_of(text, f), r) for f, _, r in exc.problems]
-        raise FleetFileError(source, problems) from None
+        raise FleetFileError(source, with_lines(text, exc.problems)) from None
 
 
 # --- error reporting ------------------------------------------------------------------

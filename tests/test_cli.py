@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from harness.cli import main
 from harness.client import PlatformClient
 from harness.protocol import DeviceSecret, credentials_for
+from harness.trace import read_trace
 
 OTA = [sys.executable, "-c", "from harness.cli import main; main()"]
 
@@ -286,7 +287,19 @@ def test_push_to_a_platform_that_is_not_there_says_so(firmware: Path) -> None:
 def test_run_writes_junit_and_allure_results(tmp_path: Path) -> None:
     reports = tmp_path / "reports"
     result = subprocess.run(
-        [*OTA, "run", "--reports", str(reports), "-k", "reads", "-q", "-p", "no:cacheprovider"],
+        [
+            *OTA,
+            "run",
+            "--reports",
+            str(reports),
+            "--seed",
+            "4",
+            "-k",
+            "reads",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -294,6 +307,7 @@ def test_run_writes_junit_and_allure_results(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
+    assert "scenarios by feature" in result.stdout  # the summary table
     junit = (reports / "junit.xml").read_text()
     assert 'tests="1"' in junit and 'failures="0"' in junit
     results = [
@@ -301,6 +315,17 @@ def test_run_writes_junit_and_allure_results(tmp_path: Path) -> None:
     ]
     assert [r["status"] for r in results] == ["passed"]
     assert [s["name"] for s in results[0]["steps"]][-1].startswith("Then")
+    assert "seed = 4" in (reports / "allure-results" / "environment.properties").read_text()
+
+    # Its trace says how to run it again, and replay does: same outcome.
+    [trace] = (reports / "traces").glob("*.jsonl")
+    assert read_trace(trace).header["seed"] == 4
+    replay = CliRunner().invoke(
+        main, ["replay", str(trace), "--output", str(tmp_path / "replays")], env={"COLUMNS": "200"}
+    )
+    assert replay.exit_code == 0, replay.output
+    assert "the outcome matches" in replay.output
+    assert "normalised traces: identical" in replay.output
 
 
 def test_platform_with_an_unknown_parent_device_is_a_usage_error() -> None:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import colorsys
 import math
-import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
 
-Event = Mapping[str, Any]
+from .events import Event, number
 
 WIDTH, HEIGHT = 900, 420
 MAX_LINES = 24
@@ -41,13 +39,6 @@ class _Device:
 
 def _text(value: object) -> str:
     return escape(_XML_BAD.sub("?", str(value)), {'"': "&quot;"})
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def _device_from_topic(topic: str) -> str:
@@ -76,7 +67,7 @@ def _collect(events: Sequence[Event]) -> tuple[dict[str, _Device], float | None]
             continue
         if kind != "mqtt":
             continue
-        topic, wall = str(event.get("topic", "")), _number(event.get("wall"))
+        topic, wall = str(event.get("topic", "")), number(event.get("wall"))
         if wall is None:
             continue
         if event.get("dir") == "down" and topic.endswith(_COMMAND_SUFFIX):
@@ -85,7 +76,7 @@ def _collect(events: Sequence[Event]) -> tuple[dict[str, _Device], float | None]
         payload = event.get("payload")
         if event.get("dir") != "up" or not topic.endswith(_PROGRESS_SUFFIX):
             continue
-        progress = _number(payload.get("progress")) if isinstance(payload, Mapping) else None
+        progress = number(payload.get("progress")) if isinstance(payload, Mapping) else None
         if progress is None:
             continue
         name = payload.get("deviceId") or _device_from_topic(topic)

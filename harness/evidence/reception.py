@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.evidence.png import encode_png
-
-Event = Mapping[str, Any]
+from .events import Event
+from .png import encode_png
 
 NEVER = -1
 #: Block numbers are u16 on the radio; anything larger is a broken trace, not a huge image.

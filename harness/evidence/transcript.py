@@ -8,27 +8,18 @@ frame log).
 from __future__ import annotations
 
 import json
-import math
-import numbers
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
+
+from .events import Event, number
 
 PAYLOAD_LIMIT = 300
 _ARROWS = {"down": "↓", "up": "↑"}
 
-Event = Mapping[str, Any]
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
 
 def _stamp(event: Event) -> str:
-    wall = _number(event.get("wall"))
+    wall = number(event.get("wall"))
     return f"+{'?':>7} s" if wall is None else f"+{wall:7.3f} s"
 
 
@@ -66,7 +57,7 @@ def mqtt_transcript(events: Sequence[Event]) -> str:
         elif kind == "fault":
             faults += 1
             what = _one_line(f"{event.get('on', '?')}: {event.get('what', '')}")
-            vt = _number(event.get("vt"))
+            vt = number(event.get("vt"))
             if vt is not None:
                 what += f"  (vt {vt:.3f} s)"
             lines.append(f"{_stamp(event)}  !  {what}")
@@ -83,7 +74,7 @@ def mqtt_transcript(events: Sequence[Event]) -> str:
 
 
 def _frame_row(event: Event) -> tuple[str, ...]:
-    vt = _number(event.get("vt"))
+    vt = number(event.get("vt"))
     direction = str(event.get("dir", "?"))
     if direction == "up":
         peer = event.get("from")
@@ -133,9 +124,9 @@ def frame_excerpt(events: Sequence[Event], head: int = 40, tail: int = 40) -> st
     for frame in frames:
         key = (str(frame.get("dir", "?")), str(frame.get("kind", "?")))
         counts[key] += 1
-        sizes[key] += int(_number(frame.get("size")) or 0)
+        sizes[key] += int(number(frame.get("size")) or 0)
         lost[key] += bool(frame.get("lost"))
-    vts = [v for v in (_number(f.get("vt")) for f in frames) if v is not None]
+    vts = [v for v in (number(f.get("vt")) for f in frames) if v is not None]
     span = f"vt {min(vts):.3f} .. {max(vts):.3f} s" if vts else "no vt"
     n = len(frames)
     lines = [f"{n} node frame{'s' if n != 1 else ''}, {sum(sizes.values()):,} bytes, {span}"]
