@@ -242,11 +242,11 @@ def pytest_runtest_makereport(
     path = item.stash.get(LOG_KEY, None)
     if path is not None and report.failed:
         # The test's own log, then one per port (coordinator, consoles, a gateway process).
-        logs = [path, *sorted(path.with_suffix("").glob("*.log"))]
+        ports = sorted(path.with_suffix("").glob("*.log"))
         lines = [f"full log of this test: {path}"]
-        lines += [f"port log: {p}" for p in logs[1:]]
+        lines += [f"port log: {p}" for p in ports]
         report.sections.append(("ota-hil log", "\n".join(lines)))
-        _attach(logs)
+        _attach([path])  # the port logs go in with the evidence, failed or not
     return report
 
 
@@ -312,7 +312,7 @@ def ota(
             ota_loop.run(system.stop())
         if ota_trace is not None:
             ota_trace.close()
-            attach_evidence(request.config, ota_trace.path)
+        attach_evidence(request.config, ota_trace and ota_trace.path, ota_log.with_suffix(""))
 
 
 def record_outcome(trace: TraceRecorder, system: OtaSystem, status: str) -> None:
@@ -337,9 +337,12 @@ def record_outcome(trace: TraceRecorder, system: OtaSystem, status: str) -> None
     trace.outcome(status, records, versions)
 
 
-def attach_evidence(config: pytest.Config, trace_path: Path) -> None:
+def attach_evidence(
+    config: pytest.Config, trace_path: Path | None, log_dir: Path | None = None
+) -> None:
     """The trace and what it shows (MQTT transcript, frame excerpt, progress chart, block
-    reception picture) into the test's Allure result, when Allure is recording."""
+    reception picture) and the logs of the test's ports (``log_dir``) into the test's
+    Allure result, when Allure is recording."""
     if not getattr(config.option, "allure_report_dir", None):
         return
     import allure
@@ -347,6 +350,10 @@ def attach_evidence(config: pytest.Config, trace_path: Path) -> None:
     from .evidence import frame_excerpt, mqtt_transcript, progress_chart_svg, reception_png
     from .trace import TraceError, read_trace
 
+    if log_dir is not None:
+        _attach(sorted(log_dir.glob("*.log")))  # serial ports, an external gateway
+    if trace_path is None:
+        return
     try:
         events = read_trace(trace_path).all
     except TraceError as exc:

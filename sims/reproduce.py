@@ -243,7 +243,11 @@ async def _push_and_wait(
     image = seeded_image(spec.seed, spec.firmware.version, size)
     firmware = await client.upload_firmware(image, attached.product_id, spec.firmware.version)
     task = await client.create_task(
-        firmware["id"], name=spec.name[:64], mode="push", timeoutSeconds=int(timeout)
+        firmware["id"],
+        name=spec.name[:64],
+        mode="push",
+        timeoutSeconds=int(timeout),
+        responseTimeoutSeconds=120,  # as the scenarios' fleet pushes
     )
     await client.deploy(task["id"])
     await client.check_now()

@@ -92,7 +92,15 @@ def _push(ota: Ota, scenario: ScenarioContext, version: str, kib: int) -> None:
     for fault in scenario.answers.pop("download faults", []):
         apply_download_fault(ota.system, fault, kib * 1024)
     scenario.task = ota.run(
-        client.create_task(fw["id"], name=f"nodes {version}", mode="push", timeoutSeconds=300)
+        client.create_task(
+            fw["id"],
+            name=f"nodes {version}",
+            mode="push",
+            timeoutSeconds=300,
+            # A thousand replies through one broker on a busy CI machine can take a while;
+            # the gateway answers every upgrade message at once, so this bounds load only.
+            responseTimeoutSeconds=120,
+        )
     )
     ota.run(client.deploy(scenario.task["id"]))
     ota.run(client.check_now())
