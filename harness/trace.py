@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
-from .nodeproto.frames import Block, FrameError, FrameKind, decode_frame, decode_payload
+from .nodeproto.frames import peek
 
 if TYPE_CHECKING:
     from .platform.events import PlatformEvent
@@ -98,7 +98,9 @@ class TraceRecorder:
         self._write({"ev": ev, "wall": round(time.monotonic() - self._t0, 6), **fields})
 
     def _write(self, event: dict[str, Any]) -> None:
-        line = json.dumps(event, separators=(",", ":"), default=str)
+        self._write_line(json.dumps(event, separators=(",", ":"), default=str))
+
+    def _write_line(self, line: str) -> None:
         with self._lock:
             if self._file is None:
                 return  # a late frame from a worker thread after the scenario ended
@@ -172,17 +174,18 @@ class TraceRecorder:
     # -- radio frames (called by a simulation driver, on its thread) -----------------------
 
     def broadcast(self, vt: float, raw: bytes, heard: np.ndarray) -> None:
-        """A broadcast frame and the fleet rows that heard it."""
+        """A broadcast frame and the fleet rows that heard it. The commonest line of a
+        fleet's trace, so it is formatted directly rather than through json."""
         mask = np.zeros(self._rows, dtype=bool)
         mask[heard] = True
-        self.emit(
-            "frame",
-            vt=round(vt, 6),
-            dir="down",
-            to=None,
-            **_describe(raw),
-            heard=int(heard.size),
-            got=encode_mask(mask),
+        info = _describe(raw)
+        session = "null" if info["session"] is None else info["session"]
+        block = "null" if info["block"] is None else info["block"]
+        self._write_line(
+            f'{{"ev":"frame","wall":{time.monotonic() - self._t0:.6f},"vt":{vt:.6f},'
+            f'"dir":"down","to":null,"kind":"{info["kind"]}","size":{info["size"]},'
+            f'"session":{session},"block":{block},"heard":{heard.size},'
+            f'"got":"{encode_mask(mask)}"}}'
         )
 
     def unicast(self, vt: float, raw: bytes, to: str, heard: bool) -> None:
@@ -204,19 +207,11 @@ class TraceRecorder:
 
 def _describe(raw: bytes) -> dict[str, Any]:
     """Kind, size, session and (for image data) block number of a frame."""
-    kind: str = "UNKNOWN"
-    session: int | None = None
-    block: int | None = None
-    try:
-        frame = decode_frame(raw)
-        kind, session = frame.kind.name, frame.session
-        if frame.kind is FrameKind.BLOCK and frame.count == 1:
-            data = decode_payload(frame.kind, frame.session, frame.payload)
-            if isinstance(data, Block):
-                block = data.index
-    except FrameError:
-        pass
-    return {"kind": kind, "size": len(raw), "session": session, "block": block}
+    seen = peek(raw)
+    if seen is None:
+        return {"kind": "UNKNOWN", "size": len(raw), "session": None, "block": None}
+    kind, session, block = seen
+    return {"kind": kind.name, "size": len(raw), "session": session, "block": block}
 
 
 def _payload(payload: bytes) -> Any:

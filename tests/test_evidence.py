@@ -365,19 +365,22 @@ def test_cell_size_aims_at_the_target_picture(
     assert cell_size(node_count, block_count) == expected
 
 
-def test_reception_png_of_a_long_image_keeps_two_pixel_columns() -> None:
+def test_reception_png_of_a_long_image_bins_blocks_showing_the_worst() -> None:
+    """1,000 blocks make 500 columns of two blocks each; a column shows the worse of its
+    two cells, so a block that never arrived is never hidden by its neighbour."""
     n = nodes(10)
     trace = Trace(n)
     for block in range(1000):
-        trace.block(block, n[block % 10 :])
+        trace.block(block, n[block % 10 :])  # node k gets the blocks whose number ends <= k
     data = reception_png(trace.events)
     assert data is not None
-    assert png_size(data) == (1000 * 2 + 8, 10 * 8)
+    cell_w = 1600 // 500
+    assert png_size(data) == (500 * cell_w + 8, 10 * 8)
     pixels = decode_png(data)
-    assert tuple(pixels[9 * 8, 999 * 2]) == GREEN
-    assert tuple(pixels[9 * 8 + 7, 998 * 2 + 1]) == GREEN
-    assert tuple(pixels[0, 999 * 2]) == NEVER  # block 999 went to node 9 only
-    assert tuple(pixels[8 * 8, 998 * 2]) == GREEN
+    assert all(tuple(pixels[9 * 8, c * cell_w]) == GREEN for c in range(500))  # node 9: all
+    assert all(tuple(pixels[0, c * cell_w]) == NEVER for c in range(500))  # node 0: 1 in 2
+    assert tuple(pixels[8 * 8, 0]) == GREEN  # node 8, blocks 0 and 1: both came
+    assert tuple(pixels[8 * 8, 4 * cell_w]) == NEVER  # node 8, blocks 8 and 9: 9 never came
 
 
 def test_reception_png_of_a_large_fleet_uses_one_pixel_rows() -> None:

@@ -43,6 +43,7 @@ from harness.nodeproto.frames import (
     encode,
     encode_payload,
     max_block_size,
+    peek,
 )
 from harness.nodeproto.missing import MissingBlocks, ReportFormat
 
@@ -690,3 +691,13 @@ def test_missing_fragments_names_what_a_resend_must_ask_for() -> None:
     assert reassembler.missing_fragments(FrameKind.BITMAP_REPORT, 8) is None
     assert reassembler.feed(frames[1]) is None
     assert reassembler.feed(frames[3]) == report
+
+
+def test_peek_reads_kind_session_and_block_from_the_header() -> None:
+    [block] = encode(Block(7, 300, b"x" * 40), 64)
+    assert peek(block) == (FrameKind.BLOCK, 7, 300)
+    [query] = encode(BitmapQuery(9, True), 64)
+    assert peek(query) == (FrameKind.BITMAP_QUERY, 9, None)
+    assert peek(b"\x00" * 3) is None  # shorter than any frame
+    assert peek(bytes([PROTOCOL_VERSION + 1]) + block[1:]) is None  # another protocol
+    assert peek(block[:1] + bytes([250]) + block[2:]) is None  # no such kind

@@ -20,6 +20,8 @@ from .events import Event
 from .png import encode_png
 
 NEVER = -1
+#: Widest picture in block columns (MAX_WIDTH at the smallest cell); more blocks are binned.
+MAX_COLUMNS = 800
 #: Block numbers are u16 on the radio; anything larger is a broken trace, not a huge image.
 MAX_BLOCK = 0xFFFF
 #: Frame x node bits unpacked at once, one byte each.
@@ -194,13 +196,30 @@ def _outcome_colour(state: str | None) -> tuple[int, int, int]:
     return _GREY
 
 
+def _binned(passes: np.ndarray) -> np.ndarray:
+    """At most :data:`MAX_COLUMNS` columns: an image of thousands of blocks keeps one
+    column per run of neighbouring blocks, showing the run's worst cell (never received
+    over the latest repair pass), so a block that never came is never hidden."""
+    blocks = passes.shape[1]
+    if blocks <= MAX_COLUMNS:
+        return passes
+    per = -(-blocks // MAX_COLUMNS)
+    padded = np.full((passes.shape[0], per * -(-blocks // per)), 0, dtype=passes.dtype)
+    padded[:, :blocks] = passes
+    runs = padded.reshape(passes.shape[0], -1, per)
+    worst = runs.max(axis=2)
+    return np.where((runs == NEVER).any(axis=2), NEVER, worst)
+
+
 def reception_png(events: Sequence[Event]) -> bytes | None:
-    """PNG of the reception matrix: a row per node, a column per block, outcome at the right."""
+    """PNG of the reception matrix: a row per node, a column per block (or per run of
+    blocks, for an image of more than :data:`MAX_COLUMNS`), the outcome at the right."""
     reception = block_reception(events)
     if reception is None:
         return None
-    cell_w, cell_h = cell_size(len(reception.nodes), reception.block_count)
-    cells = _palette(int(reception.passes.max()))[reception.passes.astype(np.intp) + 1]
+    passes = _binned(reception.passes)
+    cell_w, cell_h = cell_size(len(reception.nodes), passes.shape[1])
+    cells = _palette(int(reception.passes.max()))[passes.astype(np.intp) + 1]
     stripe = np.empty((len(reception.nodes), STRIPE_GAP + STRIPE_WIDTH, 3), dtype=np.uint8)
     stripe[:, :STRIPE_GAP] = _WHITE
     stripe[:, STRIPE_GAP:] = np.array([_outcome_colour(s) for s in reception.outcomes])[:, None]

@@ -492,6 +492,21 @@ def decode_frame(raw: bytes) -> RawFrame:
     return RawFrame(version, FrameKind(kind), session, index, count, raw[HEADER_SIZE:-CRC_SIZE])
 
 
+def peek(raw: bytes) -> tuple[FrameKind, int, int | None] | None:
+    """Kind, session and (for a BLOCK) block number of a frame, from its header alone: no
+    CRC check, for describing frames one side built (traces, displays). None when the
+    header is not one of this protocol's."""
+    if len(raw) < FRAME_OVERHEAD:
+        return None
+    version, kind, session, _, _ = _HEAD.unpack_from(raw)
+    if version != PROTOCOL_VERSION or kind not in _KIND_VALUES:
+        return None
+    block = None
+    if kind == FrameKind.BLOCK and len(raw) >= HEADER_SIZE + 2 + CRC_SIZE:
+        block = int.from_bytes(raw[HEADER_SIZE : HEADER_SIZE + 2], "big")
+    return FrameKind(kind), session, block
+
+
 class _Reader(FieldReader):
     """Reads a payload field by field; every shortfall names the field and the kind."""
 
