@@ -307,7 +307,8 @@ def test_run_writes_junit_and_allure_results(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
-    assert "scenarios by feature" in result.stdout  # the summary table
+    assert "scenarios by feature" in result.stdout  # the summary table, by feature file
+    assert "features/gateway_upgrade.feature" in result.stdout
     junit = (reports / "junit.xml").read_text()
     assert 'tests="1"' in junit and 'failures="0"' in junit
     results = [

@@ -122,9 +122,12 @@ class FeatureSummary:
         self.rows: dict[str, dict[str, float]] = {}
 
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        from pytest_bdd.scenario import scenario_wrapper_template_registry as templates
+
         for item in items:
-            scenario = getattr(getattr(item, "obj", None), "__scenario__", None)
-            feature = getattr(scenario, "feature", None)
+            function = getattr(item, "obj", None)
+            template = templates.get(function) if function is not None else None
+            feature = getattr(template, "feature", None)
             name = getattr(feature, "rel_filename", None) or getattr(feature, "name", None)
             self.feature_of[item.nodeid] = str(name or item.nodeid.split("::")[0])
 
