@@ -65,7 +65,7 @@ def features_dir() -> Path:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("reports"),
     show_default=True,
-    help="Where allure-results/ and junit.xml go.",
+    help="Where allure-results/, junit.xml, logs/ and traces/ go.",
 )
 @click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
 def run_command(
@@ -83,8 +83,10 @@ def run_command(
     cannot inject: only "offline" through a node's power command; a pull on an external
     gateway) is skipped with the reason. A rig is locked for the whole run.
     Extra arguments go to pytest (e.g. -k "pull" or -x). Allure results go to
-    REPORTS/allure-results (view them with `allure` if installed), JUnit XML to
-    REPORTS/junit.xml, one log per scenario and per port to REPORTS/logs.
+    REPORTS/allure-results (turn them into HTML with `ota-hil report`), JUnit XML to
+    REPORTS/junit.xml, one log per scenario and per port to REPORTS/logs, one trace per
+    scenario to REPORTS/traces (rerun one with `ota-hil replay`). A table of the
+    scenarios by feature ends the run.
     """
     from rigs.rigfile import RigFileError, load_rig, target_problem
 
