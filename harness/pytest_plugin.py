@@ -192,7 +192,20 @@ class Ota:
 
 
 LOG_KEY = pytest.StashKey[Path]()
-_CALL_FAILED = pytest.StashKey[bool]()
+_CALL_OUTCOME = pytest.StashKey[str]()
+
+
+def scenario_of(item: pytest.Item) -> tuple[str | None, str | None]:
+    """The feature file (relative to the features folder) and the scenario name of a
+    pytest-bdd test; (None, None) for any other test."""
+    from pytest_bdd.scenario import scenario_wrapper_template_registry as templates
+
+    function = getattr(item, "obj", None)
+    template = templates.get(function) if function is not None else None
+    if template is None:
+        return None, None
+    feature = getattr(template.feature, "rel_filename", None) or template.feature.name
+    return str(feature), str(template.name)
 
 
 def _output_path(request: pytest.FixtureRequest, option: str, suffix: str) -> Path:
@@ -201,8 +214,12 @@ def _output_path(request: pytest.FixtureRequest, option: str, suffix: str) -> Pa
     if not folder.is_absolute():
         folder = request.config.rootpath / folder
     folder.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^\w.-]+", "_", request.node.nodeid).strip("_")[:180]
-    return folder / f"{name}{suffix}"
+    return folder / f"{file_stem(request.node.nodeid)}{suffix}"
+
+
+def file_stem(nodeid: str) -> str:
+    """A test's id as the stem of its log and trace files (what replay looks for)."""
+    return re.sub(r"[^\w.-]+", "_", nodeid).strip("_")[:180]
 
 
 @pytest.fixture
@@ -236,9 +253,13 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed test's report names its log file (pytest-embedded does the same)."""
+    feature, _ = scenario_of(item)
+    if feature is not None and ("feature", feature) not in item.user_properties:
+        # In every report, so a run's summary by feature works across xdist workers.
+        item.user_properties.append(("feature", feature))
     report = yield
-    if report.when == "call":
-        item.stash[_CALL_FAILED] = report.failed
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        item.stash[_CALL_OUTCOME] = report.outcome
     path = item.stash.get(LOG_KEY, None)
     if path is not None and report.failed:
         # The test's own log, then one per port (coordinator, consoles, a gateway process).
@@ -271,9 +292,12 @@ def ota_trace(
         yield None
         return
     kind, rig = target_and_rig(request.config)
+    feature, scenario = scenario_of(request.node)
     source = {
         "kind": "pytest",
         "nodeid": request.node.nodeid,
+        "feature": feature,
+        "scenario": scenario,
         "rootdir": str(request.config.rootpath),
         "target": kind,
         "rig": str(rig.path) if rig is not None and getattr(rig, "path", None) else None,
@@ -305,19 +329,23 @@ def ota(
         yield Ota(system, ota_loop, ota_trace)
     finally:
         try:
-            if ota_trace is not None:
-                failed = request.node.stash.get(_CALL_FAILED, None)
-                record_outcome(ota_trace, system, "failed" if failed else "passed")
+            try:
+                if ota_trace is not None:
+                    status = request.node.stash.get(_CALL_OUTCOME, "passed")
+                    ota_loop.run(record_outcome(ota_trace, system, status))
+            finally:
+                ota_loop.run(system.stop())
         finally:
-            ota_loop.run(system.stop())
-        if ota_trace is not None:
-            ota_trace.close()
-        attach_evidence(request.config, ota_trace and ota_trace.path, ota_log.with_suffix(""))
+            # Whatever went wrong above, a failed test keeps its evidence.
+            if ota_trace is not None:
+                ota_trace.close()
+            attach_evidence(request.config, ota_trace and ota_trace.path, ota_log.with_suffix(""))
 
 
-def record_outcome(trace: TraceRecorder, system: OtaSystem, status: str) -> None:
+async def record_outcome(trace: TraceRecorder, system: OtaSystem, status: str) -> None:
     """The trace's last line: every record's end and every device's version, as the
-    platform has them (what a replay compares)."""
+    platform has them (what a replay compares). A coroutine: it reads the platform on
+    the loop the platform runs on."""
     server = system.platform_server
     if server is None:
         return

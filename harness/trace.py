@@ -40,9 +40,10 @@ FORMAT = "ota-hil-trace/1"
 WALL_CLOCK_FIELDS = frozenset(
     {"wall", "started", "timestamp", "time", "upgradeTime", "versionTime", "createTime"}
 )
-#: Opaque random ids (file, accessKey, firmware, task, record, message ids): renamed in
-#: order of first appearance by :func:`normalise`, so equal structure compares equal.
-_OPAQUE_ID = re.compile(r"\b(?:[0-9a-f]{16}|[0-9a-f]{32})\b")
+#: Opaque random ids (file, accessKey, firmware, task, record ids; JetLinks' time-based
+#: message ids, 16 to 20 digits, also inside text such as a late reply's detail): renamed
+#: in order of first appearance by :func:`normalise`, so equal structure compares equal.
+_OPAQUE_ID = re.compile(r"\b(?:[0-9a-f]{16}|[0-9a-f]{32}|\d{16,20})\b")
 #: Fields that hold such ids in any form (JetLinks' messageIds are time-based numbers).
 _OPAQUE_FIELDS = frozenset({"messageId", "id", "taskId", "firmwareId", "fileId", "recordId"})
 #: Where a URL names the host and port it was served from: a free port, different per run.
@@ -95,17 +96,27 @@ class TraceRecorder:
     # -- writing ---------------------------------------------------------------------------
 
     def emit(self, ev: str, **fields: Any) -> None:
-        self._write({"ev": ev, "wall": round(time.monotonic() - self._t0, 6), **fields})
+        self._write({"ev": ev, "wall": None, **fields})
 
     def _write(self, event: dict[str, Any]) -> None:
-        self._write_line(json.dumps(event, separators=(",", ":"), default=str))
-
-    def _write_line(self, line: str) -> None:
+        """One line; a ``wall`` of None is stamped under the lock, so the times of a file's
+        lines never go backwards whichever thread wrote them."""
         with self._lock:
-            if self._file is None:
-                return  # a late frame from a worker thread after the scenario ended
-            self._file.write(line + "\n")
-            self.events += 1
+            if "wall" in event and event["wall"] is None:
+                event["wall"] = round(time.monotonic() - self._t0, 6)
+            self._put(json.dumps(event, separators=(",", ":"), default=str))
+
+    def _write_line(self, line: str, stamp: bool = False) -> None:
+        with self._lock:
+            if stamp:
+                line = line.replace("{wall}", f"{time.monotonic() - self._t0:.6f}", 1)
+            self._put(line)
+
+    def _put(self, line: str) -> None:
+        if self._file is None:
+            return  # a late frame from a worker thread after the scenario ended
+        self._file.write(line + "\n")
+        self.events += 1
 
     def close(self) -> None:
         with self._lock:
@@ -128,6 +139,7 @@ class TraceRecorder:
         assert server is not None and server.platform.mqtt is not None
         server.platform.mqtt.tap = self.mqtt
         server.files.listener = self.served
+        server.request_listener = self.rest
         server.platform.events.listener = self.platform_event
 
     def mqtt(self, direction: str, topic: str, payload: bytes, qos: int) -> None:
@@ -151,6 +163,10 @@ class TraceRecorder:
             cut=request.cut,
             aborted=request.aborted,
         )
+
+    def rest(self, method: str, path: str, status: int) -> None:
+        """A request to the platform's REST API (tasks, records, uploads)."""
+        self.emit("http", method=method, path=path, status=status, api=True)
 
     def platform_event(self, event: PlatformEvent) -> None:
         self.emit("platform", kind=event.kind, detail=event.detail, device=event.device_id)
@@ -182,10 +198,11 @@ class TraceRecorder:
         session = "null" if info["session"] is None else info["session"]
         block = "null" if info["block"] is None else info["block"]
         self._write_line(
-            f'{{"ev":"frame","wall":{time.monotonic() - self._t0:.6f},"vt":{vt:.6f},'
+            f'{{"ev":"frame","wall":{{wall}},"vt":{vt:.6f},'
             f'"dir":"down","to":null,"kind":"{info["kind"]}","size":{info["size"]},'
             f'"session":{session},"block":{block},"heard":{heard.size},'
-            f'"got":"{encode_mask(mask)}"}}'
+            f'"got":"{encode_mask(mask)}"}}',
+            stamp=True,
         )
 
     def unicast(self, vt: float, raw: bytes, to: str, heard: bool) -> None:
@@ -303,6 +320,7 @@ def normalise(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     - wall-clock fields (:data:`WALL_CLOCK_FIELDS`) are dropped, anywhere in an event;
     - random ids are renamed ``<id1>``, ``<id2>``... in order of first appearance, and the
       host and port in URLs (a free port per run) become ``<host>``;
+    - reads of the REST API (GET) are dropped: how often a test polls is the wall clock's;
     - progress reports between the first (accepted) and the last (complete) are dropped:
       how far a shared download had got when a job joined it is the wall clock's doing;
     - MQTT messages are grouped by topic, in order within each topic, and the platform's
@@ -337,7 +355,7 @@ def normalise(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     )
     out: list[dict[str, Any]] = []
     for event in items:
-        if event.get("ev") in ("mqtt", "platform"):
+        if event.get("ev") in ("mqtt", "platform") or _polling(event):
             continue
         if event.get("ev") == "header":
             event = {k: v for k, v in event.items() if k != "source"}
@@ -345,6 +363,11 @@ def normalise(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out.extend(clean(e) for e in mqtt)
     out.extend(clean(e) for e in platform)
     return out
+
+
+def _polling(event: Mapping[str, Any]) -> bool:
+    """A read of the REST API: how often a test or a person polls is the wall clock's."""
+    return bool(event.get("api")) and event.get("method") in ("GET", "HEAD")
 
 
 def _intermediate_progress(event: Mapping[str, Any]) -> bool:

@@ -11,6 +11,7 @@ from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 #: pydantic error types said plainly.
@@ -33,13 +34,34 @@ def field_path(loc: tuple[str | int, ...]) -> str:
     return text
 
 
+def yaml_name(name: str, field: FieldInfo) -> str:
+    """The name a YAML file gives the field: its alias when it has one (``from`` for a
+    field that Python cannot call ``from``)."""
+    if isinstance(field.validation_alias, str):
+        return field.validation_alias
+    return field.alias or name
+
+
+def yaml_names(model: type[BaseModel]) -> list[str]:
+    """The names of ``model``'s fields as a YAML file writes them, in their order."""
+    return [yaml_name(name, field) for name, field in model.model_fields.items()]
+
+
+def _field_named(model: type[BaseModel], part: str) -> FieldInfo | None:
+    """The field a ``loc`` part names: errors give the YAML name (the alias)."""
+    for name, field in model.model_fields.items():
+        if yaml_name(name, field) == part:
+            return field
+    return model.model_fields.get(part)
+
+
 def model_at(root: type[BaseModel], loc: tuple[str | int, ...]) -> type[BaseModel]:
     """The model whose field ``loc`` names, under ``root`` (for listing valid fields)."""
     model = root
     for part in loc:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(str(part))
+        field = _field_named(model, str(part))
         nested = _nested_model(field.annotation) if field is not None else None
         if nested is None:
             break
@@ -63,7 +85,7 @@ def pydantic_reason(error: ErrorDetails, root: type[BaseModel]) -> str:
     kind = error["type"]
     given = error.get("input")
     if kind == "extra_forbidden":
-        return f"unknown field; valid fields: {', '.join(model_at(root, loc[:-1]).model_fields)}"
+        return f"unknown field; valid fields: {', '.join(yaml_names(model_at(root, loc[:-1])))}"
     if kind == "string_type" and type(given) in (int, float):
         return f"expected text, got the number {given!r}: quote it in YAML ('{given}')"
     if kind in FRIENDLY:

@@ -49,6 +49,11 @@ async def attach_fleet(
     )
     if system.trace is not None:
         system.trace.fleet(kind, spec.radio, list(fleet.ids), spec)
+        for override in spec.overrides:  # faults the fleet is built with are injected too
+            if override.faults is not None and override.faults.active:
+                faults = override.faults.model_dump(exclude_defaults=True)
+                what = ", ".join(f"{name}={value}" for name, value in faults.items())
+                system.trace.fault(f"nodes {override.nodes}", what)
         link.driver.tap = system.trace
     gateway.attach(upgrader, await link.inventory())
     return AttachedFleet(fleet, link, upgrader, kind)

@@ -8,6 +8,7 @@ import math
 import re
 import textwrap
 
+import numpy as np
 import yaml
 
 from .fieldfile import BrokerOutage, DownloadFault, FieldSpec, LinkFault, NodeFault
@@ -49,10 +50,11 @@ def _node_fault_step(item: NodeFault) -> str | None:
 
 def _system_step(item: BrokerOutage | LinkFault | DownloadFault) -> str:
     if isinstance(item, DownloadFault):
-        percent = round(item.at * 100)
+        percent = f"{item.at * 100:.10g}%"
+        times = "" if item.times == 1 else f" in {item.times} downloads"
         if item.download == "stall":
-            return f"the download stalls at {percent}% for {item.seconds:g} seconds"
-        return f"the download is cut at {percent}%"
+            return f"the download stalls at {percent} for {item.seconds:g} seconds{times}"
+        return f"the download is cut at {percent}{times}"
     return f"{item.describe()} of the radio session"
 
 
@@ -74,9 +76,20 @@ def feature_for(spec: FieldSpec, result: Reproduction, source: str) -> str:
     ids = spec.fleet_spec().node_ids()
     steps: list[str] = []
     extra: list[NodeOverride] = []
+    # A node fault becomes a step only when it is the node's only one: a step sets a node's
+    # faults, while the fleet's overrides and the schedule merge theirs.
+    n = fleet.nodes
+    faulty = [o.indices(n) for o in fleet.overrides if o.faults is not None]
+    faulty += [
+        NodeOverride(nodes=i.node, faults=i.faults()).indices(n)
+        for i in spec.schedule
+        if isinstance(i, NodeFault)
+    ]
+    counts = np.bincount(np.concatenate(faulty), minlength=n) if faulty else np.zeros(n, int)
     for item in spec.schedule:
         if isinstance(item, NodeFault):
-            step = _node_fault_step(item)
+            index = _single(item.node)
+            step = _node_fault_step(item) if index is not None and counts[index] == 1 else None
             if step is None:
                 extra.append(NodeOverride(nodes=item.node, faults=item.faults()))
             else:
@@ -108,10 +121,12 @@ def feature_for(spec: FieldSpec, result: Reproduction, source: str) -> str:
         f"  Reproduces {source} (seed {spec.seed}).",
     ]
     if spec.notes:
-        lines += [f"  {line}" for line in textwrap.wrap(re.sub(r"\s+", " ", spec.notes), 84)]
+        # As comments: free text must not read as Gherkin ("Scenario: ..." in a note).
+        notes = textwrap.wrap(re.sub(r"\s+", " ", spec.notes), 84)
+        lines += [f"  # {line}" for line in notes]
     lines += [
         "",
-        "  Scenario: the nodes end as they did in the field",
+        f"  Scenario: {name}: the nodes end as they did in the field",
         f"    Given the firmware images are drawn from seed {spec.seed}",
         "    And a simulated fleet behind the gateway:",
         '      """',
@@ -131,9 +146,8 @@ def feature_for(spec: FieldSpec, result: Reproduction, source: str) -> str:
         lines.append(f"    Then every node's record ends in success within {bound} seconds")
     if other_versions:
         lines.append(f'    And every node runs version "{version}" except these:')
-        lines += _table(
-            ("node", "version"), sorted((str(i), v) for i, v in other_versions), "      "
-        )
+        rows = [(str(i), v) for i, v in sorted(other_versions)]
+        lines += _table(("node", "version"), rows, "      ")
     else:
         lines.append(f'    And every node runs version "{version}"')
     lines.append("    And nothing is bricked: every node runs its old or its new image")

@@ -158,12 +158,18 @@ _ITEM_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+#: What an item of no known kind is told (pydantic's ``union_tag_invalid`` for it).
+UNKNOWN_ITEM = "a schedule item starts with one of " + ", ".join(f"{k}:" for k in _ITEM_MODELS)
+
+
 def _schedule_kind(value: Any) -> str:
+    """The kind of a schedule item: its model's, or the first kind key it holds. Any other
+    item is ``unknown``, which pydantic reports as that item's error among the others."""
     for key, model in _ITEM_MODELS.items():
         if isinstance(value, model):
             return key
     if isinstance(value, Mapping):
-        for key in ("broker", "mqtt", "download", "node"):
+        for key in _ITEM_MODELS:
             if key in value:
                 return key
     return "unknown"
@@ -204,18 +210,6 @@ class FieldSpec(BaseModel):
     observed: dict[str, Observed] = Field(default_factory=dict)
     #: Free notes: where the description comes from, what is not known.
     notes: str | None = None
-
-    @field_validator("schedule", mode="before")
-    @classmethod
-    def _one_kind_each(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            for index, item in enumerate(value):
-                if _schedule_kind(item) == "unknown":
-                    raise _ItemError(
-                        index,
-                        "a schedule item starts with one of broker:, mqtt:, download:, node:",
-                    )
-        return value
 
     @field_validator("fleet", mode="before")
     @classmethod
@@ -310,6 +304,10 @@ def load_field(path: str | Path) -> FieldSpec:
         raise FieldFileError(source, with_lines(text, exc.problems)) from None
 
 
+#: pydantic's errors for a schedule item of no kind it knows.
+_NO_KIND = ("union_tag_invalid", "union_tag_not_found")
+
+
 def _problems(exc: ValidationError) -> list[tuple[str | None, int | None, str]]:
     problems = []
     for error in exc.errors():
@@ -321,6 +319,8 @@ def _problems(exc: ValidationError) -> list[tuple[str | None, int | None, str]]:
         if isinstance(cause, _ItemError):
             loc = ("schedule", cause.index, *cause.sub)
             reason = str(cause)
+        elif loc[:1] == ("schedule",) and error["type"] in _NO_KIND:
+            reason = UNKNOWN_ITEM
         elif loc[:1] == ("schedule",) and len(loc) >= 3 and isinstance(loc[2], str):
             # The item's kind (the discriminator's tag) is no field of the file.
             loc = (loc[0], loc[1], *loc[3:])

@@ -31,6 +31,8 @@ class Checkpoint:
     at: float
     hook: Hook
     what: str
+    #: The checkpoint whose window this one closes (None: it opens or stands alone).
+    closes: Checkpoint | None = None
     #: Simulated seconds (since the first session began) at which it ran; None: not yet.
     ran_at: float | None = None
 
@@ -47,16 +49,20 @@ class SimNodeLink:
         self.origin: float | None = None
         self.checkpoints: list[Checkpoint] = []
 
-    def at(self, seconds: float, hook: Hook, what: str) -> Checkpoint:
+    def at(
+        self, seconds: float, hook: Hook, what: str, closes: Checkpoint | None = None
+    ) -> Checkpoint:
         """Run ``hook`` on the caller's event loop when the radio has been busy for
         ``seconds`` of simulated time since the first session began; the simulation waits
         for it. Everything the gateway was told before that moment has reached it first,
         so what the hook changes (a broker outage) falls at the same point of every run.
-        A checkpoint still pending when a session ends runs then: a window that opened
-        always closes."""
+
+        A checkpoint still pending when a session ends runs then. When the session was
+        cancelled or a hook failed, only those that close a window (``closes``) whose
+        opening ran do: a window that opened always closes, and nothing new opens."""
         if seconds < 0:
             raise ValueError(f"a checkpoint at {seconds} s: the radio's time starts at 0")
-        checkpoint = Checkpoint(seconds, hook, what)
+        checkpoint = Checkpoint(seconds, hook, what, closes)
         self.checkpoints.append(checkpoint)
         return checkpoint
 
@@ -92,15 +98,18 @@ class SimNodeLink:
                     for process in waiting:
                         if process.is_alive:
                             process.interrupt()
-                    if not stop.is_set():
-                        for checkpoint in pending:
-                            if checkpoint.ran_at is None:
-                                log.info(
-                                    "%s: after the session, at %.1f s",
-                                    checkpoint.what,
-                                    env.now - self.origin,
-                                )
-                                run_hook(checkpoint)
+                    for checkpoint in pending:
+                        opener = checkpoint.closes
+                        if checkpoint.ran_at is not None or (
+                            stop.is_set() and (opener is None or opener.ran_at is None)
+                        ):
+                            continue
+                        log.info(
+                            "%s: after the session, at %.1f s",
+                            checkpoint.what,
+                            env.now - self.origin,
+                        )
+                        run_hook(checkpoint)
 
         worker = loop.run_in_executor(None, drive)
         try:

@@ -22,6 +22,7 @@ from harness.trace import TraceRecorder
 
 from .attach import AttachedFleet, attach_fleet
 from .fieldfile import BrokerOutage, DownloadFault, FieldSpec, LinkFault
+from .link import Hook
 
 log = logging.getLogger("ota_hil.sims.reproduce")
 
@@ -50,7 +51,7 @@ def apply_download_fault(system: OtaSystem, fault: DownloadFault, size: int) -> 
             fault.times,
         )
     else:
-        faults.cut_after_bytes, faults.cut_times = byte, fault.times
+        faults.cut_at_byte, faults.cut_times = byte, fault.times
     if system.trace is not None:
         system.trace.fault("download", fault.describe())
 
@@ -82,6 +83,18 @@ async def schedule_link_fault(
     end at its times of radio time, as checkpoints of the fleet's link."""
     proxy = await system.gateway_link()
 
+    def traced(hook: Hook, what: str) -> Hook:
+        """The hook, and a fault line in the trace at its radio time."""
+
+        async def run() -> None:
+            if system.trace is not None:
+                link = fleet.link
+                now = link.driver.env.now - (link.origin or 0.0)
+                system.trace.fault("schedule", what, vt=round(now, 6))
+            await hook()
+
+        return run
+
     if isinstance(fault, BrokerOutage):
 
         async def begin() -> None:
@@ -107,8 +120,8 @@ async def schedule_link_fault(
             proxy.clear()
 
     what = fault.describe()
-    fleet.link.at(fault.start, begin, f"{what}: start")
-    fleet.link.at(fault.end, end, f"{what}: end")
+    opening = fleet.link.at(fault.start, traced(begin, f"{what}: start"), f"{what}: start")
+    fleet.link.at(fault.end, traced(end, f"{what}: end"), f"{what}: end", closes=opening)
 
 
 # -- a run -----------------------------------------------------------------------------------
@@ -146,6 +159,8 @@ class Reproduction:
     schedule: list[tuple[str, float | None]] = field(default_factory=list)
     seconds: float = 0.0
     radio_seconds: float = 0.0
+    #: Some record had not ended when the run's timeout came.
+    timed_out: bool = False
 
     @property
     def failed(self) -> dict[str, NodeOutcome]:
@@ -185,13 +200,6 @@ async def reproduce(
     async with OtaSystem(config, trace=trace) as system:
         fleet_spec = spec.fleet_spec()
         attached = await attach_fleet(system, fleet_spec)
-        if trace is not None:
-            for item in fleet_spec.overrides:
-                if item.faults is not None and item.faults.active:
-                    set_ = item.faults.model_dump(exclude_defaults=True)
-                    trace.fault(
-                        f"nodes {item.nodes}", ", ".join(f"{k}={v}" for k, v in set_.items())
-                    )
         before = dict(attached.fleet.versions())
         size = spec.firmware.size_kib * 1024
         for fault in spec.system_faults:
@@ -200,6 +208,7 @@ async def reproduce(
             else:
                 await schedule_link_fault(system, attached, fault)
         records = await _push_and_wait(system, attached, spec, size, on_progress, timeout)
+        result.timed_out = any(r["state"] not in FINAL for r in records.values())
         after = attached.fleet.versions()
         arrays = attached.fleet.arrays
         for row, node in enumerate(attached.fleet.ids):
@@ -221,7 +230,12 @@ async def reproduce(
             trace.outcome(
                 status,
                 {
-                    n: {"state": o.state, "reason": o.reason, "version": spec.firmware.version}
+                    n: {
+                        "state": o.state,
+                        "reason": o.reason,
+                        "progress": records.get(n, {}).get("progress"),
+                        "version": spec.firmware.version,
+                    }
                     for n, o in result.outcomes.items()
                 },
                 {n: o.version_after for n, o in result.outcomes.items()},

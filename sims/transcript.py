@@ -96,23 +96,27 @@ def field_from_transcript(transcript: Transcript, name: str | None = None) -> Fi
     stories: dict[str, NodeStory] = {}
     version: str | None = None
     size: int | None = None
-    t0: float | None = None
+    bad_size: Any = None
+    t0 = _push_time(transcript.messages)
     for seconds, topic, payload in transcript.messages:
         match = _CHILD.match(topic)
         if match is None or not isinstance(payload, dict):
             continue
         node, what = match[3], match[4]
         story = stories.setdefault(node, NodeStory())
-        if seconds is not None and t0 is None:
-            t0 = seconds
-        at = None if seconds is None or t0 is None else round(seconds - t0, 3)
+        # Adding 0.0 turns a -0.0 (a rounded tiny negative) into 0.0, shown as +0.000.
+        at = None if seconds is None or t0 is None else round(seconds - t0, 3) + 0.0
         if what == "report" and not story.progressed:
             # A node's report can cross the upgrade message on the wire: until it reports
             # progress, what it reports is the version it had.
             story.version_before = _text(payload.get("version"))
         elif what == "upgrade":
             version = _text(payload.get("version")) or version
-            size = payload.get("size") if isinstance(payload.get("size"), int) else size
+            given = payload.get("size")
+            if _is_size(given):
+                size = given
+            elif given is not None:
+                bad_size = given
             story.timeline.append((at, f"told to upgrade to {payload.get('version')}"))
             story.state = "processing"
         elif what == "upgrade/progress":
@@ -153,13 +157,20 @@ def field_from_transcript(transcript: Transcript, name: str | None = None) -> Fi
         "node's loss and burst (0 assumed), node faults and their blocks, broker outages "
         "(the schedule is empty).",
     ]
-    if size is None:
+    if size is None and bad_size is not None:
+        notes.append(
+            f"The firmware size in the transcript ({bad_size!r:.40}) is not a positive number of "
+            "bytes; 128 KiB assumed."
+        )
+    elif size is None:
         notes.append("The firmware size is not in the transcript; 128 KiB assumed.")
     if prefix is None:
         notes.append(
             "Node ids do not follow one prefix and number; they are renumbered: "
             + ", ".join(f"{_fleet_id('node-', mapping[n], len(ids))} = {n}" for n in ids)
         )
+    elif absent := _absent(prefix, mapping):
+        notes.append(absent)
     observed: dict[str, Any] = {}
     for node in ids:
         story = upgraded[node]
@@ -170,7 +181,7 @@ def field_from_transcript(transcript: Transcript, name: str | None = None) -> Fi
         if story.version_after:
             entry["version"] = story.version_after
         entry["timeline"] = [
-            (f"+{t:.3f} s " if t is not None else "") + what for t, what in story.timeline
+            (f"{t:+.3f} s " if t is not None else "") + what for t, what in story.timeline
         ]
         observed[fleet_id] = entry
     data = {
@@ -193,6 +204,61 @@ def field_from_transcript(transcript: Transcript, name: str | None = None) -> Fi
         raise TranscriptError(
             f"{transcript.source}: the field description it gives cannot be used: {exc}"
         ) from None
+
+
+def _push_time(messages: list[tuple[float | None, str, Any]]) -> float | None:
+    """When the platform pushed: the time of the transcript's first upgrade message, so
+    timelines read as in the docs (``+0.000 s told to upgrade``) whatever came before it;
+    without a timed upgrade message, the first time of a child message."""
+    timed = [
+        (seconds, match[4])
+        for seconds, topic, payload in messages
+        if seconds is not None and isinstance(payload, dict) and (match := _CHILD.match(topic))
+    ]
+    pushes = [seconds for seconds, what in timed if what == "upgrade"]
+    return pushes[0] if pushes else timed[0][0] if timed else None
+
+
+def _is_size(value: Any) -> bool:
+    """A firmware size in bytes: a positive whole number (a bool is no size)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+#: How many runs of absent nodes the notes list before summing up the rest.
+_ABSENT_RUNS = 20
+
+
+def _absent(prefix: str, mapping: dict[str, int]) -> str | None:
+    """A note naming the fleet's nodes the transcript has no upgrade of, as ranges: the
+    fleet is numbered 0..highest id so that the ids match the field's, which adds nodes the
+    field may never have had."""
+    seen = set(mapping.values())
+    count = max(seen) + 1
+    runs: list[tuple[int, int]] = []
+    for index in (i for i in range(count) if i not in seen):
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    if not runs:
+        return None
+    names = [
+        _fleet_id(prefix, a, count) + ("" if a == b else f"..{_fleet_id(prefix, b, count)}")
+        for a, b in runs[:_ABSENT_RUNS]
+    ]
+    one = count - len(seen) == 1
+    them = "it" if one else "them"
+    hint = f"give {them} `offline: true`"
+    if len(runs) > _ABSENT_RUNS:
+        names.append(f"... ({count - len(seen)} nodes in all)")
+    else:
+        selector = ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+        hint += f' (an override with nodes: "{selector}")'
+    return (
+        f"{', '.join(names)} {'has' if one else 'have'} no upgrade in the transcript: "
+        f"{'it is' if one else 'they are'} in the fleet so that the ids match the field's; "
+        f"{hint} if the field did not have {them}."
+    )
 
 
 def _text(value: Any) -> str | None:

@@ -356,3 +356,13 @@ def test_platform_without_a_broker_fails_with_one_line() -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "mqtt://127.0.0.1:9" in result.stderr
+
+
+@pytest.mark.parametrize("workers", [["-n", "2"], ["-n2"], ["--numprocesses=2"]])
+def test_run_refuses_parallel_workers_on_a_rig(workers: list[str]) -> None:
+    """A rig is driven by one scenario at a time: xdist workers would fight for its lock."""
+    result = CliRunner().invoke(
+        main, ["run", "--target", "rig", "--rig", "rigs/virtual.yaml", *workers]
+    )
+    assert result.exit_code == 2
+    assert "run it without -n" in result.output

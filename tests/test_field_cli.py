@@ -160,15 +160,16 @@ def test_import_of_mosquitto_output_gives_nodes_firmware_outcomes_and_notes(
     for node in ("node-0000", "node-0002", "node-0003"):
         seen = spec.observed[node]
         assert (seen.state, seen.reason, seen.version) == ("success", None, "2.1.0")
+    # Offsets count from the push (the first upgrade message), not from the first report.
     assert spec.observed["node-0000"].timeline == [
-        "+1.000 s told to upgrade to 2.1.0",
-        "+1.200 s 0%",
-        "+30.000 s 50%",
-        "+55.000 s 90%",
-        "+61.500 s success",
+        "+0.000 s told to upgrade to 2.1.0",
+        "+0.200 s 0%",
+        "+29.000 s 50%",
+        "+54.000 s 90%",
+        "+60.500 s success",
     ]
-    assert spec.observed["node-0001"].timeline[0] == "+1.010 s told to upgrade to 2.1.0"
-    assert spec.observed["node-0001"].timeline[-1] == "+61.510 s failed: power lost during apply"
+    assert spec.observed["node-0001"].timeline[0] == "+0.010 s told to upgrade to 2.1.0"
+    assert spec.observed["node-0001"].timeline[-1] == "+60.510 s failed: power lost during apply"
     assert spec.notes is not None
     assert f"Imported from {source}: 4 nodes, firmware 2.1.0" in spec.notes
     assert "to be completed by hand" in spec.notes
@@ -210,6 +211,63 @@ def test_node_ids_without_a_common_numbering_are_renumbered_and_mapped_in_the_no
     assert "renumbered: node-0000 = hall, node-0001 = kitchen" in spec.notes
     assert "128 KiB assumed" in spec.notes
     assert spec.firmware.size_kib == 128
+
+
+def test_a_message_before_the_push_has_a_negative_offset(tmp_path: Path) -> None:
+    """Progress left over from before the push is kept, at its honest negative offset."""
+    lines = story("node-0000", 0, "1.0.0")
+    lines.insert(1, message(child("node-0000", "upgrade/progress"), 500, progress=40))
+    out = tmp_path / "early.yaml"
+    assert run(import_command, transcript(tmp_path, lines), "-o", out).exit_code == 0
+    timeline = load_field(out).observed["node-0000"].timeline
+    assert timeline[:2] == ["-0.500 s 40%", "+0.000 s told to upgrade to 2.1.0"]
+
+
+def test_fleet_nodes_the_transcript_does_not_have_are_named_in_the_notes(
+    tmp_path: Path,
+) -> None:
+    """node-0003 and node-0007 give a fleet of 8 so the ids match; the six others are named
+    as ranges in the notes, with the override that takes them off the air."""
+    lines = [*story("node-0003", 0, "1.0.0"), *story("node-0007", 10, "1.0.0")]
+    out = tmp_path / "gaps.yaml"
+    assert run(import_command, transcript(tmp_path, lines), "-o", out).exit_code == 0
+    spec = load_field(out)
+    assert spec.fleet.nodes == 8
+    assert sorted(spec.observed) == ["node-0003", "node-0007"]
+    assert spec.notes is not None
+    assert (
+        "node-0000..node-0002, node-0004..node-0006 have no upgrade in the transcript: they "
+        "are in the fleet so that the ids match the field's; give them `offline: true` (an "
+        'override with nodes: "0-2,4-6")' in spec.notes
+    )
+
+
+def test_one_fleet_node_missing_from_the_transcript_is_named_alone(tmp_path: Path) -> None:
+    lines = [*story("node-0000", 0, "1.0.0"), *story("node-0002", 10, "1.0.0")]
+    out = tmp_path / "gap.yaml"
+    assert run(import_command, transcript(tmp_path, lines), "-o", out).exit_code == 0
+    notes = load_field(out).notes or ""
+    assert "node-0001 has no upgrade in the transcript: it is in the fleet" in notes
+    assert 'give it `offline: true` (an override with nodes: "1") if the field did not' in notes
+
+
+def test_a_fleet_without_gaps_has_no_note_on_missing_nodes(tmp_path: Path) -> None:
+    lines = [*story("node-0000", 0, "1.0.0"), *story("node-0001", 10, "1.0.0")]
+    out = tmp_path / "whole.yaml"
+    assert run(import_command, transcript(tmp_path, lines), "-o", out).exit_code == 0
+    assert "no upgrade in the transcript" not in (load_field(out).notes or "")
+
+
+@pytest.mark.parametrize("size", [-5, 0])
+def test_a_size_that_is_not_positive_is_treated_as_missing(tmp_path: Path, size: int) -> None:
+    """A size of 0 or -5 bytes does not become 1 KiB: 128 KiB is assumed and said so."""
+    out = tmp_path / "sized.yaml"
+    source = transcript(tmp_path, story("node-0000", 0, "1.0.0", size=size))
+    assert run(import_command, source, "-o", out).exit_code == 0
+    spec = load_field(out)
+    assert spec.firmware.size_kib == 128
+    assert spec.notes is not None
+    assert f"({size}) is not a positive number of bytes; 128 KiB assumed" in spec.notes
 
 
 def test_a_transcript_without_a_child_upgrade_has_nothing_to_reproduce(tmp_path: Path) -> None:

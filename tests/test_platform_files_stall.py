@@ -185,3 +185,30 @@ async def test_a_range_ending_before_the_stall_byte_leaves_the_stall(served: Ser
     assert served.faults.stall_times == 1
     whole = await served.download()
     assert whole.longest_gap[0] == STALL_AT and whole.elapsed >= SHORT
+
+
+async def test_a_cut_at_a_byte_of_the_file_cuts_a_resumed_range_there_too(
+    served: Served,
+) -> None:
+    """``cut_at_byte`` counts in the file: a full download and a Range resumed before the
+    point are both cut where the file reaches it; a Range past it, and a third download
+    once the cuts are used up, are not."""
+    served.faults.cut_at_byte = STALL_AT
+    served.faults.cut_times = 2
+
+    async def body(range_header: str | None = None) -> bytes:
+        got = bytearray()
+        headers = {"Range": range_header} if range_header else {}
+        async with served.http.get(served.url, headers=headers) as resp:
+            try:
+                async for chunk in resp.content.iter_any():
+                    got += chunk
+            except aiohttp.ClientPayloadError:
+                pass  # the cut: the body ends before its Content-Length
+        return bytes(got)
+
+    assert await body() == DATA[:STALL_AT]
+    assert await body("bytes=20000-") == DATA[20_000:STALL_AT]
+    assert await body(f"bytes={STALL_AT + 1}-") == DATA[STALL_AT + 1 :]
+    assert await body() == DATA
+    assert [r.cut for r in served.log] == [True, True, False, False]

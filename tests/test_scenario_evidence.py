@@ -84,7 +84,9 @@ def test_a_failing_scenario_carries_its_evidence_in_allure(tmp_path: Path) -> No
     assert trace.outcome is not None and trace.outcome["status"] == "failed"
     assert trace.outcome["records"]["node-0005"]["state"] == "failed"
     assert any(e["on"] == "node-0017" for e in trace.of("fault"))
-    assert any(e["cut"] is False and e["status"] == 200 for e in trace.of("http"))
+    downloads = [e for e in trace.of("http") if not e.get("api")]
+    assert any(e["cut"] is False and e["status"] == 200 for e in downloads)
+    assert any(e["method"] == "POST" for e in trace.of("http") if e.get("api"))  # the task
 
     environment = (results / "environment.properties").read_text()
     assert "seed = 3" in environment and "target = sim" in environment

@@ -3,6 +3,7 @@ node faults, and their errors name the file, the line and the field path."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -261,6 +262,66 @@ def test_several_problems_are_listed_at_once(tmp_path: Path) -> None:
     assert message.startswith(f"{tmp_path / 'field.yaml'}: 4 problems:\n")
     assert "line 10, schedule[0]: a stall needs 'seconds'" in message
     assert "line 8, colour: unknown field" in message
+
+
+def test_an_unknown_item_is_one_problem_among_the_others(tmp_path: Path) -> None:
+    """An item of no known kind does not hide the file's other problems: a window that
+    ends before it starts and a firmware of size 0 are listed with it."""
+    text = BASE.replace("size_kib: 4", "size_kib: 0") + (
+        "schedule:\n  - broker: down\n    from: 50\n    to: 40\n  - weird: 1\n  - 7\n"
+    )
+    error = refused(tmp_path, text)
+    assert sorted(error.problems, key=lambda p: p[1] or 0) == [
+        ("firmware.size_kib", 4, "Input should be greater than or equal to 1 (got 0)"),
+        ("schedule[0]", 8, "'to' (40) must come after 'from' (50)"),
+        ("schedule[1]", 11, "a schedule item starts with one of broker:, mqtt:, download:, node:"),
+        ("schedule[2]", 12, "a schedule item starts with one of broker:, mqtt:, download:, node:"),
+    ]
+    assert str(error).startswith(f"{tmp_path / 'field.yaml'}: 4 problems:\n")
+
+
+@pytest.mark.parametrize(
+    ("item", "field", "line", "expected"),
+    [
+        (
+            "  - broker: down\n    form: 10\n    to: 20\n",
+            "schedule[0].form",
+            9,
+            "unknown field; valid fields: from, to, broker",
+        ),
+        (
+            "  - mqtt: reorder\n    from: 10\n    till: 20\n",
+            "schedule[0].till",
+            10,
+            "unknown field; valid fields: from, to, mqtt, topic, direction",
+        ),
+        (
+            "  - broker: down\n    from: -1\n    to: 20\n",
+            "schedule[0].from",
+            9,
+            "greater than or equal to 0 (got -1)",
+        ),
+        ("  - broker: down\n    from: 10\n    to: 0\n", "schedule[0].to", 10, "greater than 0"),
+        ("  - broker: down\n    to: 20\n", "schedule[0].from", 8, "required field is missing"),
+        (
+            "  - mqtt: duplicate\n    from: soon\n    to: 20\n",
+            "schedule[0].from",
+            9,
+            "valid number",
+        ),
+    ],
+)
+def test_window_problems_name_the_fields_as_the_file_does(
+    tmp_path: Path, item: str, field: str, line: int, expected: str
+) -> None:
+    """A window's fields are ``from`` and ``to`` in the file, in paths and in the lists of
+    valid fields, never the Python names ``start`` and ``end``."""
+    error = refused(tmp_path, BASE + "schedule:\n" + item)
+    assert (field, line) in {(f, n) for f, n, _ in error.problems}, error.problems
+    reason = next(r for f, _, r in error.problems if f == field)
+    assert expected in reason
+    for path, _, reason in error.problems:
+        assert not re.search(r"\b(start|end)\b", f"{path} {reason}"), (path, reason)
 
 
 @pytest.mark.parametrize(

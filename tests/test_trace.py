@@ -430,4 +430,7 @@ async def test_a_system_records_the_gateways_report_and_a_download(tmp_path: Pat
     ups = [e for e in trace.of("mqtt") if e["topic"] == report_topic]
     assert ups and ups[0]["dir"] == "up"
     assert ups[0]["payload"]["version"] == config.gateway_version
-    assert [e["bytes"] for e in trace.of("http")] == [len(data)]
+    assert [e["bytes"] for e in trace.of("http") if not e.get("api")] == [len(data)]
+    # The upload went through the REST API, and is in the trace as such.
+    uploads = [e for e in trace.of("http") if e.get("api") and e["method"] == "POST"]
+    assert uploads and uploads[0]["status"] == 200

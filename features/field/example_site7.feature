@@ -3,11 +3,11 @@
 @needs_sim
 Feature: Field reproduction: site 7 night upgrade, gateway gw-0042
   Reproduces sims/fields/example-site7.yaml (seed 7).
-  The 2.1.0 push of 3 October to the 24 sub-GHz nodes behind gw-0042. The platform
-  shows node 5 failed and on 1.0.0; the gateway's log shows node 17 rebooting mid-
-  transfer, the uplink dropping for half a minute and the download pausing at 60%.
+  # The 2.1.0 push of 3 October to the 24 sub-GHz nodes behind gw-0042. The platform
+  # shows node 5 failed and on 1.0.0; the gateway's log shows node 17 rebooting mid-
+  # transfer, the uplink dropping for 15 seconds and the download pausing at 60%.
 
-  Scenario: the nodes end as they did in the field
+  Scenario: site 7 night upgrade, gateway gw-0042: the nodes end as they did in the field
     Given the firmware images are drawn from seed 7
     And a simulated fleet behind the gateway:
       """

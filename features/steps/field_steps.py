@@ -69,15 +69,22 @@ def _(
     _link_fault(ota, scenario, fault)
 
 
-@given(parsers.parse("the download stalls at {percent:d}% for {seconds:g} seconds"))
-def _(scenario: ScenarioContext, percent: int, seconds: float) -> None:
-    fault = DownloadFault(download="stall", at=percent / 100, seconds=seconds)
+@given(
+    parsers.re(
+        r"the download stalls at (?P<percent>[\d.]+)% for (?P<seconds>[\d.]+) seconds"
+        r"(?: in (?P<times>\d+) downloads)?"
+    )
+)
+def _(scenario: ScenarioContext, percent: str, seconds: str, times: str | None) -> None:
+    fault = DownloadFault(
+        download="stall", at=float(percent) / 100, seconds=float(seconds), times=int(times or 1)
+    )
     scenario.answers.setdefault("download faults", []).append(fault)
 
 
-@given(parsers.parse("the download is cut at {percent:d}%"))
-def _(scenario: ScenarioContext, percent: int) -> None:
-    fault = DownloadFault(download="cut", at=percent / 100)
+@given(parsers.re(r"the download is cut at (?P<percent>[\d.]+)%(?: in (?P<times>\d+) downloads)?"))
+def _(scenario: ScenarioContext, percent: str, times: str | None) -> None:
+    fault = DownloadFault(download="cut", at=float(percent) / 100, times=int(times or 1))
     scenario.answers.setdefault("download faults", []).append(fault)
 
 

@@ -6,12 +6,10 @@ from pytest_bdd import given, parsers, then, when
 
 from harness.pytest_plugin import Ota
 from sims.fleetfile import FaultSpec
-from sims.reproduce import apply_download_fault
+from sims.reproduce import FINAL, apply_download_fault
 
 from ..targets import NodeFleet, Target
 from .common import ScenarioContext, wait_for
-
-FINAL = {"success", "failed", "canceled"}
 
 
 def _fleet(scenario: ScenarioContext) -> NodeFleet:

@@ -28,6 +28,24 @@ def _console() -> Console:
     return Console(highlight=False)
 
 
+def writable(path: Path, what: str) -> None:
+    """Fail now, with the option's name, if ``path`` cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise click.ClickException(f"{what} {path}: cannot write there: {exc}") from None
+
+
+def write(path: Path, text: str, what: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"{what} {path}: cannot write there: {exc}") from None
+
+
 def escape(text: str) -> str:
     """Text from a field file or a run, shown as it is (``[errno 5]`` is no markup)."""
     from rich.markup import escape as rich_escape
@@ -110,6 +128,9 @@ def reproduce_command(
     except FieldFileError as exc:
         raise click.ClickException(str(exc)) from None
     trace_path = trace_path or Path("reports/traces") / f"reproduce-{_slug(spec.name)}.jsonl"
+    for path, what in ((trace_path, "--trace"), (feature_path, "--emit-feature")):
+        if path is not None:
+            writable(path, what)  # before the run, not after it
     source = {"kind": "field", "path": str(field_file), "broker": broker}
     progress = not (as_json or no_progress) and _console().is_terminal
     result = _reproduce(spec, broker, trace_path, source, timeout, progress)
@@ -117,8 +138,7 @@ def reproduce_command(
     if feature_path is not None:
         from sims.feature_writer import feature_for
 
-        feature_path.parent.mkdir(parents=True, exist_ok=True)
-        feature_path.write_text(feature_for(spec, result, str(field_file)), encoding="utf-8")
+        write(feature_path, feature_for(spec, result, str(field_file)), "--emit-feature")
     if as_json:
         click.echo(json.dumps(_result_json(result, trace_path, differences), indent=2))
     else:
@@ -127,6 +147,11 @@ def reproduce_command(
         console.print(f"trace: {escape(str(trace_path))}")
         if feature_path is not None:
             console.print(f"scenario: {escape(str(feature_path))}")
+        if result.timed_out:
+            console.print(
+                f"[bold red]not every record ended within --timeout {timeout:g} s[/]: "
+                "the table shows them as they were"
+            )
         if spec.observed:
             if differences:
                 console.print("[bold red]does not reproduce what the field observed:[/]")
@@ -134,7 +159,7 @@ def reproduce_command(
                     console.print(f"  {escape(line)}")
             else:
                 console.print("[bold green]reproduces what the field observed[/]")
-    if differences:
+    if differences or result.timed_out:
         raise SystemExit(1)
 
 
@@ -251,6 +276,7 @@ def _result_json(result: Reproduction, trace: Path, differences: list[str]) -> d
         },
         "schedule": [{"fault": w, "at": at} for w, at in result.schedule],
         "observed_differences": differences,
+        "timed_out": result.timed_out,
     }
 
 
@@ -282,34 +308,62 @@ def replay_command(trace_file: Path, output: Path) -> None:
         recorded = read_trace(trace_file)
     except TraceError as exc:
         raise click.ClickException(str(exc)) from None
-    source = recorded.header.get("source") or {}
-    output.mkdir(parents=True, exist_ok=True)
-    if source.get("kind") == "pytest":
-        replayed_path = _replay_pytest(recorded.header, output)
-    elif source.get("kind") == "field":
-        replayed_path = _replay_field(recorded.header, output)
-    else:
+    source = recorded.header.get("source")
+    kind = source.get("kind") if isinstance(source, dict) else None
+    needs = {"pytest": ("nodeid", "rootdir"), "field": ()}
+    if kind not in needs:
         raise click.ClickException(
-            f"{trace_file}: the trace does not say how it was made (source kind "
-            f"{source.get('kind')!r}); replay knows 'pytest' and 'field'"
+            f"{trace_file}: the trace does not say how it was made (source kind {kind!r}); "
+            "replay knows 'pytest' and 'field'"
         )
+    assert isinstance(source, dict)
+    missing = [k for k in needs[kind] if not isinstance(source.get(k), str)]
+    if missing:
+        raise click.ClickException(
+            f"{trace_file}, line 1: the header's source has no {', '.join(missing)}"
+        )
+    if recorded.outcome is None:
+        click.echo(
+            f"{trace_file}: the recorded run was cut short (no outcome line); "
+            "replaying it all the same, but there is nothing to compare the end with"
+        )
+    writable(output / ".replay", "--output")
+    if kind == "pytest":
+        replayed_path = _replay_pytest(recorded.header, output)
+    else:
+        replayed_path = _replay_field(recorded.header, output)
     try:
         replayed = read_trace(replayed_path)
     except TraceError as exc:
         raise click.ClickException(f"the replay left no usable trace: {exc}") from None
+    if kind == "pytest":
+        was, now = (
+            (t.header["source"].get("feature"), t.header["source"].get("scenario"))
+            for t in (recorded, replayed)
+        )
+        if was != now:
+            raise click.ClickException(
+                f"the test id {source['nodeid']} now runs another scenario: recorded "
+                f"{was[1]!r} of {was[0]}, replayed {now[1]!r} of {now[0]}"
+            )
     _report_replay(trace_file, recorded, replayed)
     if outcome_differences(recorded.outcome, replayed.outcome):
         raise SystemExit(1)
 
 
+#: A replayed scenario gets this long before it is stopped.
+REPLAY_TIMEOUT = 3600.0
+
+
 def _replay_pytest(header: dict[str, Any], output: Path) -> Path:
+    from harness.pytest_plugin import file_stem
+
     source = header["source"]
-    rootdir = Path(source.get("rootdir") or ".")
+    rootdir = Path(source["rootdir"])
     if not rootdir.is_dir():
         raise click.ClickException(f"the scenario's folder {rootdir} is not here")
     traces = output / "traces"
-    name = re.sub(r"[^\w.-]+", "_", source["nodeid"]).strip("_")[:180]
-    path = traces / f"{name}.jsonl"
+    path = traces / f"{file_stem(source['nodeid'])}.jsonl"
     path.unlink(missing_ok=True)
     args = [
         sys.executable,
@@ -320,6 +374,7 @@ def _replay_pytest(header: dict[str, Any], output: Path) -> Path:
         "-p",
         "no:cacheprovider",
         "-q",
+        "-rs",
         f"--target={source.get('target', 'sim')}",
         f"--broker={source.get('broker', 'embedded')}",
         f"--ota-seed={header.get('seed') or 0}",
@@ -331,10 +386,20 @@ def _replay_pytest(header: dict[str, Any], output: Path) -> Path:
     if source.get("check_interval"):
         args.append(f"--ota-check-interval={source['check_interval']}")
     click.echo(f"replaying {source['nodeid']} (seed {header.get('seed')})")
-    subprocess.run(args, cwd=rootdir, check=False)
-    if not path.exists():
+    try:
+        run = subprocess.run(
+            args, cwd=rootdir, check=False, capture_output=True, text=True, timeout=REPLAY_TIMEOUT
+        )
+    except subprocess.TimeoutExpired:
         raise click.ClickException(
-            f"the replay wrote no trace at {path}: was the scenario renamed or removed?"
+            f"the replay did not end within {REPLAY_TIMEOUT:g} s; see {output / 'logs'}"
+        ) from None
+    summary = run.stdout.strip().splitlines()[-1:] or ["(no output)"]
+    click.echo(f"pytest: {summary[0]}")
+    if not path.exists():
+        why = "skipped" if "skipped" in run.stdout else "renamed or removed, or not collected"
+        raise click.ClickException(
+            f"the replay wrote no trace at {path}: the scenario was {why}\n{run.stdout[-1500:]}"
         )
     return path
 
@@ -422,7 +487,6 @@ def import_command(transcript: Path, output: Path | None, name: str | None) -> N
     if output is None:
         click.echo(text, nl=False)
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text, encoding="utf-8")
+    write(output, text, "--output")
     failed = sum(o.state != "success" for o in spec.observed.values())
     click.echo(f"{output}: {len(spec.observed)} nodes, {failed} not successful in the field")

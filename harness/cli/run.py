@@ -97,6 +97,12 @@ def run_command(
     problem = target_problem(target, rig)
     if problem is not None:
         raise click.UsageError(problem)
+    if target != "sim" and any(
+        a == "-n" or a.startswith(("-n", "--numprocesses", "--dist")) for a in pytest_args
+    ):
+        raise click.UsageError(
+            f"--target {target} drives one rig, one scenario at a time: run it without -n"
+        )
     features = features_dir()
     reports.mkdir(parents=True, exist_ok=True)
     args = [
@@ -120,22 +126,14 @@ class FeatureSummary:
     and the time they took (pytest's own progress shows how far the run is)."""
 
     def __init__(self) -> None:
-        self.feature_of: dict[str, str] = {}
         self.rows: dict[str, dict[str, float]] = {}
 
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        from pytest_bdd.scenario import scenario_wrapper_template_registry as templates
-
-        for item in items:
-            function = getattr(item, "obj", None)
-            template = templates.get(function) if function is not None else None
-            feature = getattr(template, "feature", None)
-            name = getattr(feature, "rel_filename", None) or getattr(feature, "name", None)
-            self.feature_of[item.nodeid] = str(name or item.nodeid.split("::")[0])
-
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # The feature comes with the report (the plugin adds it where the test ran: under
+        # xdist that is a worker); any other test is counted under its file.
+        feature = dict(report.user_properties).get("feature") or report.nodeid.split("::")[0]
         row = self.rows.setdefault(
-            self.feature_of.get(report.nodeid, report.nodeid.split("::")[0]),
+            str(feature),
             {"passed": 0, "failed": 0, "skipped": 0, "seconds": 0.0},
         )
         row["seconds"] += report.duration

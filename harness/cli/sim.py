@@ -132,11 +132,17 @@ class SessionBars:
     """A bar per phase of the session: the image's blocks on their first broadcast, then
     the nodes that hold the whole image, took the key, were started, and ended."""
 
-    #: Node progress (0..100 of the node upgrade) that marks the end of each phase.
-    PHASES = (("image complete", 80.0), ("key exchanged", 85.0), ("started", 90.0))
-
     def __init__(self, console: Any, nodes: int) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        from harness.gateway.distribution.session import PROGRESS
+
+        #: Node progress (0..100 of the node upgrade) that marks the end of each phase.
+        self.marks = (
+            ("image complete", PROGRESS["complete"]),
+            ("key exchanged", PROGRESS["key"]),
+            ("started", PROGRESS["started"]),
+        )
 
         self.progress = Progress(
             TextColumn("{task.description:<26}"),
@@ -145,10 +151,10 @@ class SessionBars:
             console=console,
         )
         self.blocks = self.progress.add_task("broadcast (distinct blocks)", total=None)
-        self.phases = [self.progress.add_task(name, total=nodes) for name, _ in self.PHASES]
+        self.phases = [self.progress.add_task(name, total=nodes) for name, _ in self.marks]
         self.ended = self.progress.add_task("ended", total=nodes)
         self._sent: set[int] = set()
-        self._reached: list[set[str]] = [set() for _ in self.PHASES]
+        self._reached: list[set[str]] = [set() for _ in self.marks]
 
     def broadcast(self, vt: float, raw: bytes, heard: Any) -> None:
         from harness.nodeproto.frames import (
@@ -184,7 +190,7 @@ class SessionBars:
 
         if isinstance(action, NodeProgress):
             for (_, mark), reached, task in zip(
-                self.PHASES, self._reached, self.phases, strict=True
+                self.marks, self._reached, self.phases, strict=True
             ):
                 if action.progress >= mark and action.node not in reached:
                     reached.add(action.node)

@@ -31,6 +31,9 @@ class DownloadFaults:
 
     cut_after_bytes: int | None = None
     cut_times: int = 0
+    #: Instead of ``cut_after_bytes``: cut where a download passes this byte of the file
+    #: (a resumed Range request is cut at the same place of the file, not of its body).
+    cut_at_byte: int | None = None
     range_quirk: bool = False
     #: Seconds to sleep between chunks (a slow link).
     chunk_delay: float = 0.0
@@ -46,13 +49,22 @@ class DownloadFaults:
             return None
         return self.stall_at_byte
 
-    def take_cut(self, length: int) -> int | None:
-        """Where to cut a body of ``length`` bytes, or None; a cut that would fall at or past
-        the end is no cut and is kept for the next download."""
-        if self.cut_after_bytes is None or self.cut_times <= 0 or self.cut_after_bytes >= length:
+    def take_cut(self, start: int, length: int) -> int | None:
+        """Where to cut a body of ``length`` bytes that begins at byte ``start`` of the file
+        (counted in body bytes), or None; a cut that would fall at or past the end is no
+        cut and is kept for the next download."""
+        if self.cut_times <= 0:
             return None
+        if self.cut_at_byte is not None:
+            if not start < self.cut_at_byte < start + length:
+                return None
+            cut = self.cut_at_byte - start
+        elif self.cut_after_bytes is None or self.cut_after_bytes >= length:
+            return None
+        else:
+            cut = self.cut_after_bytes
         self.cut_times -= 1
-        return self.cut_after_bytes
+        return cut
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,7 @@ class FileServer:
             self._log(ServedRequest(file_id, status, range_header, 0, False, method="HEAD"))
             return response
 
-        cut = self.faults.take_cut(len(body))
+        cut = self.faults.take_cut(start, len(body))
         limit = len(body) if cut is None else cut
         sent = 0
         stalled = False  # one stall per download, however many are left
@@ -174,10 +186,12 @@ class FileServer:
                     await response.write(body[sent:stop])
                     sent = stop
                 if stall is not None and start + sent == stall and sent < limit:
-                    # Only a download that goes on past the stall byte stalls there.
+                    # Only a download that goes on past the stall byte stalls there; the
+                    # stall is taken before the sleep, so two at once cannot both take it.
                     stalled = True
-                    self.faults.stall_times -= 1
-                    await asyncio.sleep(self.faults.stall_seconds)
+                    if self.faults.stall_times > 0:
+                        self.faults.stall_times -= 1
+                        await asyncio.sleep(self.faults.stall_seconds)
                 if self.faults.chunk_delay:
                     await asyncio.sleep(self.faults.chunk_delay)
         except ConnectionError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -52,12 +53,34 @@ class PlatformServer:
         self.api = PlatformApi(self.platform, self.files)
         self._runner: web.AppRunner | None = None
         self.url = ""
+        #: Called with (method, path and query, status) of every REST request.
+        self.request_listener: Callable[[str, str, int], None] | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors], client_max_size=256 * 1024 * 1024)
+        app = web.Application(
+            middlewares=[self._observe, _errors], client_max_size=256 * 1024 * 1024
+        )
         app.add_routes(self.files.routes())
         app.add_routes(self.api.routes())
         return app
+
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Tell :attr:`request_listener` about each REST request and its status (downloads
+        have the file server's own, fuller log)."""
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            if self.request_listener is not None and request.match_info.handler != (
+                self.files.download
+            ):
+                self.request_listener(request.method, request.path_qs, status)
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app(), access_log=None)
