@@ -11,7 +11,14 @@ import textwrap
 import numpy as np
 import yaml
 
-from .fieldfile import BrokerOutage, DownloadFault, FieldSpec, LinkFault, NodeFault
+from .fieldfile import (
+    BrokerOutage,
+    DownloadFault,
+    FieldSpec,
+    LinkFault,
+    NodeFault,
+    fleet_data,
+)
 from .fleetfile import NodeOverride, parse_selector
 from .reproduce import Reproduction
 
@@ -94,13 +101,8 @@ def feature_for(spec: FieldSpec, result: Reproduction, source: str) -> str:
                 extra.append(NodeOverride(nodes=item.node, faults=item.faults()))
             else:
                 steps.append(step)
-    fleet_data = fleet.model_copy(
-        update={"seed": spec.seed, "overrides": [*fleet.overrides, *extra]}
-    ).model_dump(mode="json", exclude_defaults=True)
-    fleet_data = {"radio": fleet.radio, **fleet_data}
-    if fleet.kind == fleet.radio:
-        fleet_data.pop("kind", None)
-    fleet_yaml = yaml.safe_dump(fleet_data, sort_keys=False).rstrip("\n")
+    data = fleet_data(fleet, seed=spec.seed, overrides=[*fleet.overrides, *extra])
+    fleet_yaml = yaml.safe_dump(data, sort_keys=False).rstrip("\n")
     steps += [_system_step(i) for i in spec.system_faults]
 
     version = spec.firmware.version

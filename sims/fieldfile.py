@@ -253,10 +253,7 @@ class FieldSpec(BaseModel):
         """The field file's data; each schedule item leads with its kind, as written."""
         data = self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
         data["firmware"] = self.firmware.model_dump(mode="json")
-        fleet = self.fleet.model_dump(mode="json", exclude_defaults=True)
-        if self.fleet.kind == self.fleet.radio:
-            fleet.pop("kind", None)
-        data["fleet"] = {"radio": self.fleet.radio, **fleet}
+        data["fleet"] = fleet_data(self.fleet)
         items = []
         for item in self.schedule:
             kind = _schedule_kind(item)
@@ -268,6 +265,16 @@ class FieldSpec(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def fleet_data(fleet: FleetSpec, **update: Any) -> dict[str, Any]:
+    """A fleet (with ``update`` applied) as a fleet file writes it: radio first; defaults,
+    and a kind that is the radio's own, left out."""
+    spec = fleet.model_copy(update=update) if update else fleet
+    data = spec.model_dump(mode="json", exclude_defaults=True)
+    if spec.kind == spec.radio:
+        data.pop("kind", None)
+    return {"radio": spec.radio, **data}
 
 
 class _ItemError(ValueError):
