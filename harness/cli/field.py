@@ -118,7 +118,8 @@ def reproduce_command(
     behind it; its faults happen on their schedule (times are seconds of radio time since
     the broadcast session began); one push; every record is awaited. The same file gives
     the same run. When the file has `observed` outcomes, the exit code says whether the run
-    reproduced them (0) or not (1). See docs/reproduction.md.
+    reproduced them (0) or not (1); a record that has not ended within --timeout is a 1
+    too. See docs/reproduction.md.
     """
     from sims.fieldfile import FieldFileError, load_field
 
