@@ -397,6 +397,12 @@ def attach_evidence(
         name="progress per device",
         attachment_type=allure.attachment_type.SVG,
     )
+    if any(e.get("ev") == "frame" and e.get("vt") is not None for e in events):
+        allure.attach(
+            progress_chart_svg(events, radio=True),
+            name="progress per device over radio time",
+            attachment_type=allure.attachment_type.SVG,
+        )
     picture = reception_png(events)
     if picture is not None:
         allure.attach(

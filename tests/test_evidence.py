@@ -643,3 +643,40 @@ def test_a_trace_cut_before_its_outcome_still_renders() -> None:
     outcome_png = reception_png(events)
     assert outcome_png is not None
     assert tuple(decode_png(outcome_png)[0, -1]) == RED
+
+
+def test_progress_chart_over_radio_time_places_reports_at_the_frames_before_them() -> None:
+    """A report takes the radio time of the last frame before it on the wall clock: a
+    minute of simulated transfer that ran in a second of wall time is drawn as a minute."""
+    trace = Trace().command(0.0)
+    for wall, vt in ((1.0, 5.0), (1.2, 30.0), (1.4, 65.0)):
+        trace.events.append(
+            {
+                "ev": "frame",
+                "wall": wall,
+                "vt": vt,
+                "dir": "down",
+                "to": None,
+                "kind": "BLOCK",
+                "size": 60,
+                "session": 1,
+                "block": 0,
+                "heard": 0,
+            }
+        )
+    trace.progress(1.3, "node-0000", 50).progress(
+        1.5, "node-0000", 100, complete=True, success=True
+    )
+    root = parse_svg(progress_chart_svg(trace.events, radio=True))
+    (line,) = polylines(root, "device")
+    axis = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "axis-title"]
+    assert "seconds of radio time (simulated)" in axis
+    # Reports at radio 25 s and 60 s after the first frame (vt 5), against 0.2 s of wall
+    # time between them: on a 0..60 s axis 630 px wide from x=60, at x=322.5 and x=690.
+    xs = {x for x, _ in points(line)}
+    assert {322.5, 690.0} <= xs, xs
+    # Without frames there is no radio time to draw against.
+    empty = parse_svg(
+        progress_chart_svg(Trace().command(0.0).progress(1, "n", 50).events, radio=True)
+    )
+    assert "no progress reported" in "".join(t.text or "" for t in empty.iter(f"{SVG}text"))

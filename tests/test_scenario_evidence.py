@@ -73,6 +73,8 @@ def test_a_failing_scenario_carries_its_evidence_in_allure(tmp_path: Path) -> No
     assert chart.tag.endswith("svg")
     legend = " ".join(t.text or "" for t in chart.iter() if t.tag.endswith("text"))
     assert "node-0005 (failed)" in legend
+    radio = ET.parse(attachments["progress per device over radio time"]).getroot()
+    assert "seconds of radio time (simulated)" in " ".join(t.text or "" for t in radio.iter())
 
     png = attachments["block reception per node"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

@@ -27,6 +27,8 @@ _ROW = 13  # legend line height
 _BAND_SAMPLES = _PLOT_W  # one step sample per pixel column
 _PROGRESS_SUFFIX = "/firmware/upgrade/progress"
 _COMMAND_SUFFIX = "/firmware/upgrade"
+WALL_LABEL = "seconds since the upgrade command"
+RADIO_LABEL = "seconds of radio time (simulated)"
 _XML_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
@@ -48,8 +50,30 @@ def _device_from_topic(topic: str) -> str:
     return parts[1] if len(parts) > 1 else topic
 
 
-def _collect(events: Sequence[Event]) -> tuple[dict[str, _Device], float | None]:
-    """Progress per device, and the wall time the chart counts from."""
+def _radio_clock(events: Sequence[Event]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(wall, radio time) of every radio frame, in wall order: a report's radio time is that
+    of the last frame before it (the simulator hands progress over within 50 ms)."""
+    pairs = [
+        (w, v)
+        for e in events
+        if e.get("ev") == "frame"
+        and (w := number(e.get("wall"))) is not None
+        and (v := number(e.get("vt"))) is not None
+    ]
+    if not pairs:
+        return None
+    walls, radio = np.array(sorted(pairs)).T
+    return walls, radio
+
+
+def _collect(
+    events: Sequence[Event], radio: bool = False
+) -> tuple[dict[str, _Device], float | None]:
+    """Progress per device, and the time the chart counts from: wall time since the
+    upgrade command, or (``radio``) radio time since the first frame."""
+    clock = _radio_clock(events) if radio else None
+    if radio and clock is None:
+        return {}, None
     devices: dict[str, _Device] = {}
     command_at: float | None = None
     first_progress: float | None = None
@@ -81,6 +105,9 @@ def _collect(events: Sequence[Event]) -> tuple[dict[str, _Device], float | None]
             continue
         name = payload.get("deviceId") or _device_from_topic(topic)
         device = devices.setdefault(str(name), _Device())
+        if clock is not None:
+            walls, vts = clock
+            wall = float(vts[max(0, int(np.searchsorted(walls, wall, side="right")) - 1)])
         device.times.append(wall)
         device.progress.append(min(100.0, max(0.0, progress)))
         # The last report decides, so a retry that succeeds clears an earlier failure.
@@ -89,6 +116,8 @@ def _collect(events: Sequence[Event]) -> tuple[dict[str, _Device], float | None]
     for name, device in devices.items():
         if name in states:
             device.failed = states[name] == "failed"
+    if clock is not None:
+        return devices, float(clock[1].min())
     return devices, command_at if command_at is not None else first_progress
 
 
@@ -112,8 +141,9 @@ def _palette(n: int) -> list[str]:
 class _Axes:
     """Maps data (seconds, percent) to SVG coordinates and draws the axes."""
 
-    def __init__(self, t0: float, t1: float) -> None:
+    def __init__(self, t0: float, t1: float, label: str = WALL_LABEL) -> None:
         self.t0, self.t1 = t0, (t1 if t1 - t0 > 1e-9 else t0 + 1.0)
+        self.label = label
 
     def x(self, t: float) -> float:
         return round(_LEFT + (t - self.t0) / (self.t1 - self.t0) * _PLOT_W, 1)
@@ -145,7 +175,7 @@ class _Axes:
             )
         out.append(
             f'<text class="axis-title" x="{_LEFT + _PLOT_W / 2}" y="{HEIGHT - 10}" '
-            'text-anchor="middle">seconds since the upgrade command</text>'
+            f'text-anchor="middle">{_text(self.label)}</text>'
             f'<text class="axis-title" x="16" y="{_TOP + _PLOT_H / 2}" text-anchor="middle" '
             f'transform="rotate(-90 16 {_TOP + _PLOT_H / 2})">progress (%)</text>'
         )
@@ -276,9 +306,11 @@ def _band(devices: dict[str, _Device], axes: _Axes, t0: float) -> list[str]:
     return [*body, '<g class="legend">', *legend, "</g>"]
 
 
-def progress_chart_svg(events: Sequence[Event]) -> str:
-    """SVG of each device's reported progress over the wall time since the upgrade command."""
-    devices, t0 = _collect(events)
+def progress_chart_svg(events: Sequence[Event], radio: bool = False) -> str:
+    """SVG of each device's reported progress over the wall time since the upgrade command,
+    or (``radio``) over the simulated radio's time, where a fleet's transfer takes minutes
+    though it ran in a second of wall time."""
+    devices, t0 = _collect(events, radio)
     if not devices or t0 is None:
         return _svg(
             "Firmware upgrade progress",
@@ -288,7 +320,7 @@ def progress_chart_svg(events: Sequence[Event]) -> str:
             ],
         )
     all_times = [t - t0 for d in devices.values() for t in d.times]
-    axes = _Axes(min(0.0, *all_times), max(all_times))
+    axes = _Axes(min(0.0, *all_times), max(all_times), RADIO_LABEL if radio else WALL_LABEL)
     failed = sum(d.failed for d in devices.values())
     count = f"{len(devices)} device{'s' if len(devices) != 1 else ''}"
     if len(devices) <= MAX_LINES:
