@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import ClassVar
 
 from harness.packages import PackageError, read_manifest
 
@@ -23,25 +24,21 @@ def app_device_id(gateway_id: str) -> str:
     return local_device_id(gateway_id, "app")
 
 
-class AppUpgrader:
-    """Installs app packages (kind ``app``) for the gateway's application device."""
+class StoreUpgrader:
+    """An upgrader whose device is a folder replaced whole through an :class:`AppStore`:
+    a package is checked against what the platform announced, then :meth:`install`ed; a
+    refusal reports the version that still runs."""
 
-    kind = "app"
-
-    def __init__(
-        self,
-        root: Path,
-        *,
-        health_command: str | None = None,
-        on_step: StepHook | None = None,
-    ) -> None:
-        self.store = AppStore(root, on_step)
-        self.check: HealthCheck = command_check(health_command) if health_command else default_check
-        did = self.store.recover()
-        self.recovered = did
+    kind: ClassVar[str]
+    #: What the device is, in a failure's words ("the app").
+    what: ClassVar[str]
+    store: AppStore
 
     def current_version(self, device_id: str) -> str | None:
         return self.store.version()
+
+    async def install(self, package: Path) -> str:
+        raise NotImplementedError
 
     async def apply(self, job: Job, progress: Progress) -> str:
         if job.image is None:
@@ -57,16 +54,35 @@ class AppUpgrader:
                     f"announced {job.firmware.version}"
                 )
             progress(10)
-            version = await self.store.install(job.image, self.check, kind=self.kind)
+            version = await self.install(job.image)
         except (PackageError, SwitchFailed) as exc:
             raise UpgradeFailed(str(exc), version=self.store.version() or running) from None
         except OSError as exc:
             raise UpgradeFailed(
-                f"cannot install the app: {exc}", version=self.store.version()
+                f"cannot install {self.what}: {exc}", version=self.store.version()
             ) from None
         progress(100)
         return version
 
-    async def install_local(self, package: Path) -> str:
-        """Install without the platform (the app a gateway ships with)."""
+
+class AppUpgrader(StoreUpgrader):
+    """Installs app packages (kind ``app``) for the gateway's application device."""
+
+    kind = "app"
+    what = "the app"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        health_command: str | None = None,
+        on_step: StepHook | None = None,
+    ) -> None:
+        self.store = AppStore(root, on_step)
+        self.check: HealthCheck = command_check(health_command) if health_command else default_check
+        self.recovered = self.store.recover()
+
+    async def install(self, package: Path) -> str:
+        """Switch to ``package``'s files and check them (also the app a gateway ships
+        with, without the platform)."""
         return await self.store.install(package, self.check, kind=self.kind)

@@ -11,13 +11,10 @@ import logging
 import shlex
 from pathlib import Path
 
-from harness.packages import PackageError, read_manifest
-
+from .apps import StoreUpgrader
 from .appstore import AppStore, StepHook, SwitchFailed
 from .commands import run_command
-from .jobs import Job, UpgradeFailed
 from .local import LOCAL_COMPONENTS, local_device_id
-from .upgraders import Progress
 
 log = logging.getLogger("ota_hil.gateway.drivers")
 
@@ -40,7 +37,7 @@ def modules_in(files: Path | None) -> list[Path]:
     return sorted(p for p in files.rglob("*.ko") if p.is_file())
 
 
-class DriverUpgrader:
+class DriverUpgrader(StoreUpgrader):
     """Installs driver packages (kind ``driver``) into ``root`` and (re)loads them.
 
     ``load_command`` and ``unload_command`` are shell commands with ``{path}`` (the .ko
@@ -49,6 +46,7 @@ class DriverUpgrader:
     """
 
     kind = "driver"
+    what = "the drivers"
 
     def __init__(
         self,
@@ -62,33 +60,6 @@ class DriverUpgrader:
         self.load_command = load_command
         self.unload_command = unload_command
         self.recovered = self.store.recover()
-
-    def current_version(self, device_id: str) -> str | None:
-        return self.store.version()
-
-    async def apply(self, job: Job, progress: Progress) -> str:
-        if job.image is None:
-            raise UpgradeFailed("no package to install")
-        running = self.store.version()
-        try:
-            manifest = await asyncio.to_thread(read_manifest, job.image)
-            if manifest.kind != self.kind:
-                raise PackageError(f"package refused: it is for {manifest.kind}, not {self.kind}")
-            if manifest.version != job.firmware.version:
-                raise PackageError(
-                    f"package refused: it holds version {manifest.version}, the platform "
-                    f"announced {job.firmware.version}"
-                )
-            progress(10)
-            version = await self.install(job.image)
-        except (PackageError, SwitchFailed) as exc:
-            raise UpgradeFailed(str(exc), version=self.store.version() or running) from None
-        except OSError as exc:
-            raise UpgradeFailed(
-                f"cannot install the drivers: {exc}", version=self.store.version()
-            ) from None
-        progress(100)
-        return version
 
     async def install(self, package: Path) -> str:
         """Switch to ``package``'s modules; the old ones are loaded again when the new ones
