@@ -143,6 +143,38 @@ def line_of(
 Problem = tuple[str | None, int | None, str]
 
 
+class YamlFileError(ValueError):
+    """A file (or its data) that cannot be used.
+
+    ``source`` is the file (or a stand-in such as ``<rig>``); ``problems`` lists ``(field,
+    line, reason)`` for each problem found; ``field`` / ``line`` / ``reason`` are the first
+    one's. One problem reads on one line, several as a list.
+    """
+
+    def __init__(self, source: str, problems: list[Problem]) -> None:
+        self.source = source
+        self.problems = problems
+        self.field, self.line, self.reason = problems[0]
+        if len(problems) == 1:
+            message = f"{source}{_where(self.field, self.line)}: {self.reason}"
+        else:
+            lines = [f"  {_where(f, n)[2:] or 'file'}: {r}" for f, n, r in problems]
+            message = f"{source}: {len(problems)} problems:\n" + "\n".join(lines)
+        super().__init__(message)
+
+
+def _where(field: str | None, line: int | None) -> str:
+    return (f", line {line}" if line else "") + (f", {field}" if field else "")
+
+
+class FieldError(ValueError):
+    """A validator's error about a part of the field it checks (``sub_loc`` below it)."""
+
+    def __init__(self, message: str, *sub_loc: str | int) -> None:
+        super().__init__(message)
+        self.sub_loc = sub_loc
+
+
 def read_yaml(
     path: str | os.PathLike[str],
     fail: Callable[[list[Problem]], Exception],

@@ -49,7 +49,15 @@ from harness.nodeproto.certs import (
     CertificateError,
 )
 from harness.nodeproto.frames import MIN_FRAME
-from harness.yamlerrors import field_path, pydantic_reason, read_yaml, with_lines
+from harness.yamlerrors import (
+    FieldError,
+    Problem,
+    YamlFileError,
+    field_path,
+    pydantic_reason,
+    read_yaml,
+    with_lines,
+)
 
 __all__ = [
     "RADIOS",
@@ -107,44 +115,14 @@ _CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=Fal
 # --- errors ---------------------------------------------------------------------------
 
 
-Problem = tuple[str | None, int | None, str]
-
-
-class RigFileError(ValueError):
-    """A rig file (or rig data) that cannot be used.
-
-    ``source`` is the file (or ``<rig>``); ``problems`` lists ``(field, line, reason)`` for
-    each problem found; ``field`` / ``line`` / ``reason`` are the first one's.
-    """
-
-    def __init__(self, source: str, problems: list[Problem]) -> None:
-        self.source = source
-        self.problems = problems
-        self.field, self.line, self.reason = problems[0]
-        if len(problems) == 1:
-            message = f"{source}{_where(self.field, self.line)}: {self.reason}"
-        else:
-            lines = [f"  {_where(f, n)[2:] or 'file'}: {r}" for f, n, r in problems]
-            message = f"{source}: {len(problems)} problems:\n" + "\n".join(lines)
-        super().__init__(message)
-
-
-def _where(field: str | None, line: int | None) -> str:
-    return (f", line {line}" if line else "") + (f", {field}" if field else "")
-
-
-class _FieldError(ValueError):
-    """A validator's error about a part of the field it checks (``sub_loc`` below it)."""
-
-    def __init__(self, message: str, *sub_loc: str | int) -> None:
-        super().__init__(message)
-        self.sub_loc = sub_loc
+class RigFileError(YamlFileError):
+    """A rig file (or rig data) that cannot be used (``source`` ``<rig>`` for data)."""
 
 
 class _Problems(ValueError):
-    """Several :class:`_FieldError` from one validator, reported one by one."""
+    """Several :class:`FieldError` from one validator, reported one by one."""
 
-    def __init__(self, errors: list[_FieldError]) -> None:
+    def __init__(self, errors: list[FieldError]) -> None:
         super().__init__("; ".join(map(str, errors)))
         self.errors = errors
 
@@ -363,7 +341,7 @@ class NodeSpec(BaseModel):
         if self.certificate is not None:
             cert = read_certificate(self.certificate)
             if cert.node_id != self.id:
-                raise _FieldError(
+                raise FieldError(
                     f"{self.certificate} is the birth certificate of {cert.node_id!r}, "
                     f"not of {self.id!r}",
                     "certificate",
@@ -524,7 +502,7 @@ class Rig(BaseModel):
             for i, node in enumerate(self.nodes):
                 if (node.id, node.address) != (f"node-{i:0{width}d}", i):
                     errors.append(
-                        _FieldError(
+                        FieldError(
                             f"with a virtual board, node {i} is node-{i:0{width}d} at address "
                             f"{i} (the board's simulated node), not {node.id} at {node.address}",
                             "nodes",
@@ -641,7 +619,7 @@ class Rig(BaseModel):
         return None if self.ca is None else read_ca_key(self.ca)
 
 
-def _cross_problems(data: Any) -> list[_FieldError]:
+def _cross_problems(data: Any) -> list[FieldError]:
     """Checks across nodes: unique ids and addresses, a coordinator to reach them.
 
     Works on a validated :class:`Rig` and, leniently, on raw data (values of the wrong
@@ -652,10 +630,10 @@ def _cross_problems(data: Any) -> list[_FieldError]:
     errors = []
     gateway = _get(data, "gateway")
     if isinstance(gateway, Mapping | GatewaySpec):
-        errors += [_FieldError(str(e), "gateway", *e.sub_loc) for e in _gateway_problems(gateway)]
+        errors += [FieldError(str(e), "gateway", *e.sub_loc) for e in _gateway_problems(gateway)]
     if nodes and _get(data, "coordinator") is None:
         errors.append(
-            _FieldError(
+            FieldError(
                 f"the rig lists {len(nodes)} node(s) but no coordinator to reach them; add "
                 "coordinator: {port: ..., baud: ...}",
                 "coordinator",
@@ -668,7 +646,7 @@ def _cross_problems(data: Any) -> list[_FieldError]:
         if isinstance(node_id, str):
             if node_id in first_id:
                 errors.append(
-                    _FieldError(
+                    FieldError(
                         f"duplicate node id {node_id!r}: nodes[{first_id[node_id]}] has it too",
                         "nodes",
                         i,
@@ -680,7 +658,7 @@ def _cross_problems(data: Any) -> list[_FieldError]:
         if isinstance(address, int) and not isinstance(address, bool):
             if address in first_address:
                 errors.append(
-                    _FieldError(
+                    FieldError(
                         f"duplicate radio address {address} (0x{address:04x}): "
                         f"nodes[{first_address[address]}] has it too",
                         "nodes",
@@ -699,14 +677,14 @@ def _get(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
-def _gateway_problems(gateway: Any) -> list[_FieldError]:
+def _gateway_problems(gateway: Any) -> list[FieldError]:
     """Checks across the gateway's fields (on a GatewaySpec, or leniently on raw data)."""
     errors = []
     mode, command = _get(gateway, "mode") or "reference", _get(gateway, "command")
     secure_id, secure_key = _get(gateway, "secure_id"), _get(gateway, "secure_key")
     if command is not None and mode != "external":
         errors.append(
-            _FieldError(
+            FieldError(
                 "a command is only for mode: external (the reference gateway is run by the "
                 "harness itself)",
                 "command",
@@ -717,15 +695,13 @@ def _gateway_problems(gateway: Any) -> list[_FieldError]:
             ("secure_id", "secure_key") if secure_key is None else ("secure_key", "secure_id")
         )
         errors.append(
-            _FieldError(
-                f"{given} without {missing}: the two go together (or leave both out)", given
-            )
+            FieldError(f"{given} without {missing}: the two go together (or leave both out)", given)
         )
     elif isinstance(command, str) and secure_id is None:
         used = [p for p in ("secure_id", "secure_key") if "{" + p + "}" in command]
         if used:
             errors.append(
-                _FieldError(
+                FieldError(
                     f"the command uses {{{used[0]}}} but the gateway has no secure_id / secure_key",
                     "command",
                 )
@@ -801,7 +777,7 @@ def _problems(exc: ValidationError) -> list[Problem]:
             for item in cause.errors:
                 problems.append((field_path(loc + item.sub_loc) or None, None, str(item)))
             continue
-        if isinstance(cause, _FieldError):
+        if isinstance(cause, FieldError):
             loc += cause.sub_loc
             reason = str(cause)
         else:

@@ -31,7 +31,14 @@ from pydantic import (
     model_validator,
 )
 
-from harness.yamlerrors import field_path, pydantic_reason, read_yaml, with_lines
+from harness.yamlerrors import (
+    FieldError,
+    YamlFileError,
+    field_path,
+    pydantic_reason,
+    read_yaml,
+    with_lines,
+)
 
 from .channels import (
     MAX_LINK_LOSS,
@@ -59,35 +66,8 @@ MAX_NODES = 100_000
 _CONFIG = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
-class FleetFileError(ValueError):
-    """A fleet file (or fleet parameters) that cannot be used.
-
-    ``source`` is the file (or ``<params>``); ``problems`` lists ``(field, line, reason)``
-    for each problem found, ``field`` / ``line`` / ``reason`` are the first one's.
-    """
-
-    def __init__(self, source: str, problems: list[tuple[str | None, int | None, str]]) -> None:
-        self.source = source
-        self.problems = problems
-        self.field, self.line, self.reason = problems[0]
-        if len(problems) == 1:
-            message = f"{source}{_where(self.field, self.line)}: {self.reason}"
-        else:
-            lines = [f"  {_where(f, n)[2:] or 'file'}: {r}" for f, n, r in problems]
-            message = f"{source}: {len(problems)} problems:\n" + "\n".join(lines)
-        super().__init__(message)
-
-
-def _where(field: str | None, line: int | None) -> str:
-    return (f", line {line}" if line else "") + (f", {field}" if field else "")
-
-
-class _FieldError(ValueError):
-    """A validator's error about a part of the field it checks (``sub_loc`` below it)."""
-
-    def __init__(self, message: str, *sub_loc: str | int) -> None:
-        super().__init__(message)
-        self.sub_loc = sub_loc
+class FleetFileError(YamlFileError):
+    """A fleet file (or fleet parameters, ``source`` ``<params>``) that cannot be used."""
 
 
 def _int_to_str(value: Any) -> Any:
@@ -260,11 +240,11 @@ class FleetSpec(BaseModel):
         fields = [name for name in RadioProfile.__dataclass_fields__ if name != "name"]
         for key, item in value.items():
             if key not in fields:
-                raise _FieldError(
+                raise FieldError(
                     f"not a radio profile field; valid fields: {', '.join(fields)}", str(key)
                 )
             if isinstance(item, bool) or not isinstance(item, int | float):
-                raise _FieldError(f"expected a number, got {item!r}", key)
+                raise FieldError(f"expected a number, got {item!r}", key)
         return value
 
     @field_validator("radio_overrides")
@@ -276,7 +256,7 @@ class FleetSpec(BaseModel):
                 try:
                     profile_with(radio, **{key: item})
                 except ValueError as exc:
-                    raise _FieldError(str(exc), key) from None
+                    raise FieldError(str(exc), key) from None
             profile_with(radio, **value)
         return value
 
@@ -312,7 +292,7 @@ class FleetSpec(BaseModel):
                 try:
                     override.indices(n)
                 except ValueError as exc:
-                    raise _FieldError(str(exc), i, "nodes") from None
+                    raise FieldError(str(exc), i, "nodes") from None
         return value
 
     # --- building ---------------------------------------------------------------------
@@ -418,7 +398,7 @@ def _problems(exc: ValidationError) -> list[tuple[str | None, int | None, str]]:
     for error in exc.errors():
         loc = tuple(error["loc"])
         cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, _FieldError):
+        if isinstance(cause, FieldError):
             loc += cause.sub_loc
             reason = str(cause)
         else:
