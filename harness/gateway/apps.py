@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import ClassVar
 
-from harness.packages import PackageError, read_manifest
+from harness.packages import Manifest, PackageError, read_manifest
 
 from .appstore import AppStore, HealthCheck, StepHook, SwitchFailed
 from .health import command_check, default_check
@@ -22,6 +22,18 @@ APP_PRODUCT = LOCAL_COMPONENTS["app"].product
 def app_device_id(gateway_id: str) -> str:
     """The gateway application's child device id: one per gateway."""
     return local_device_id(gateway_id, "app")
+
+
+def refuse_unannounced(manifest: Manifest, kind: str, version: str) -> None:
+    """Raise :class:`PackageError` unless the package is of ``kind`` and holds the version
+    the platform announced: checked before anything of it is installed."""
+    if manifest.kind != kind:
+        raise PackageError(f"package refused: it is for {manifest.kind}, not {kind}")
+    if manifest.version != version:
+        raise PackageError(
+            f"package refused: it holds version {manifest.version}, the platform "
+            f"announced {version}"
+        )
 
 
 class StoreUpgrader:
@@ -46,13 +58,7 @@ class StoreUpgrader:
         running = self.store.version()
         try:
             manifest = await asyncio.to_thread(read_manifest, job.image)
-            if manifest.kind != self.kind:
-                raise PackageError(f"package refused: it is for {manifest.kind}, not {self.kind}")
-            if manifest.version != job.firmware.version:
-                raise PackageError(
-                    f"package refused: it holds version {manifest.version}, the platform "
-                    f"announced {job.firmware.version}"
-                )
+            refuse_unannounced(manifest, self.kind, job.firmware.version)
             progress(10)
             version = await self.install(job.image)
         except (PackageError, SwitchFailed) as exc:

@@ -28,6 +28,7 @@ from harness.ulc import (
     UlcPolicy,
 )
 
+from .apps import refuse_unannounced
 from .jobs import Job, UpgradeFailed
 from .upgraders import Progress
 
@@ -126,13 +127,7 @@ class CameraUpgrader:
         is unpacked when it is not a camera package of the announced version."""
         try:
             manifest = await asyncio.to_thread(read_manifest, job.image)  # type: ignore[arg-type]
-            if manifest.kind != self.kind:
-                raise PackageError(f"package refused: it is for {manifest.kind}, not {self.kind}")
-            if manifest.version != job.firmware.version:
-                raise PackageError(
-                    f"package refused: it holds version {manifest.version}, the platform "
-                    f"announced {job.firmware.version}"
-                )
+            refuse_unannounced(manifest, self.kind, job.firmware.version)
             return await asyncio.to_thread(unpack, job.image, dest)  # type: ignore[arg-type]
         except PackageError as exc:
             raise UpgradeFailed(str(exc), version=running) from None
