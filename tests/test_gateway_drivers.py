@@ -15,7 +15,9 @@ import pytest
 
 from harness.gateway.appstore import STEPS, SwitchFailed
 from harness.gateway.drivers import DriverUpgrader, modules_in
+from harness.gateway.jobs import Job, UpgradeFailed
 from harness.packages import build_package
+from harness.protocol import FirmwareFields, TopicKind, child_topic
 from sims import kmod
 from sims.kmod import VERMAGIC, fake_module, vermagic_of
 
@@ -184,3 +186,38 @@ async def test_an_unload_that_hangs_still_leaves_the_old_drivers_loaded(
         await upgrader.install(broken)
     assert sorted(loaded(state)) == ["a", "b"]
     assert upgrader.store.version() == "1.0.0"
+
+
+@pytest.mark.parametrize(
+    ("kind", "announced", "reason"),
+    [
+        ("app", "2.0.0", "package refused: it is for app, not driver"),
+        ("driver", "3.0.0", "it holds version 2.0.0, the platform announced 3.0.0"),
+    ],
+)
+async def test_a_package_that_is_not_the_one_announced_is_refused_and_nothing_changes(
+    drivers: tuple[DriverUpgrader, Path], tmp_path: Path, kind: str, announced: str, reason: str
+) -> None:
+    """Through ``apply``, as the agent calls it: the running drivers stay, and the failure
+    reports the version they are."""
+    upgrader, state = drivers
+    await upgrader.install(package(tmp_path, "1.0.0", {"radio.ko": VERMAGIC}))
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "radio.ko").write_bytes(fake_module("radio", VERMAGIC, b"2.0.0"))
+    wrong = tmp_path / "wrong.tar.gz"
+    build_package(folder, wrong, kind=kind, version="2.0.0")
+    firmware = FirmwareFields(
+        url="http://127.0.0.1:1/file/x",
+        version=announced,
+        sign="0" * 64,
+        signMethod="sha256",
+        firmwareId="fw-1",
+        size=wrong.stat().st_size,
+    )
+    topic = child_topic("gw-product", "gw-1", "gw-1-drivers", TopicKind.UPGRADE)
+    with pytest.raises(UpgradeFailed, match=re.escape(reason)) as failed:
+        await upgrader.apply(Job("gw-1-drivers", "driver", firmware, topic, wrong), lambda _: None)
+    assert failed.value.version == "1.0.0"
+    assert upgrader.current_version("gw-1-drivers") == "1.0.0"
+    assert set(loaded(state)) == {"radio"}
