@@ -54,3 +54,29 @@ def serve(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await main(stop)
 
     asyncio.run(runner())
+
+
+class PhaseBars:
+    """One progress bar per phase of a long command (rich), shown within a ``with``."""
+
+    def __init__(self, console: Any, width: int = 26) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.progress = Progress(
+            TextColumn(f"{{task.description:<{width}}}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[unit]}"),
+            console=console,
+        )
+
+    def phase(self, name: str, total: int | None = None, unit: str = "") -> Any:
+        """A bar; its id for ``self.progress.update``."""
+        return self.progress.add_task(name, total=total, unit=unit)
+
+    def __enter__(self) -> Any:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()

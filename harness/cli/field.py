@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from .common import LOG_LEVELS, setup_logging
+from .common import LOG_LEVELS, PhaseBars, setup_logging
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -180,7 +180,7 @@ def _reproduce(
         try:
             if not progress:
                 return asyncio.run(reproduce(spec, broker=broker, trace=trace, timeout=timeout))
-            with PhaseBars(_console()) as bars:
+            with PushBars(_console()) as bars:
                 return asyncio.run(
                     reproduce(
                         spec, broker=broker, trace=trace, on_progress=bars.update, timeout=timeout
@@ -190,24 +190,15 @@ def _reproduce(
             raise click.ClickException(str(exc)) from None
 
 
-class PhaseBars:
-    """One progress bar per phase of a push: the download, the first broadcast of every
-    block, the nodes whose records ended."""
+class PushBars(PhaseBars):
+    """A bar per phase of a push: the download, the first broadcast of every block, the
+    nodes whose records ended."""
 
     def __init__(self, console: Console) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description:<22}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[unit]}"),
-            console=console,
-            transient=False,
-        )
-        self.download = self.progress.add_task("download", total=None, unit="bytes")
-        self.broadcast = self.progress.add_task("broadcast (1st pass)", total=None, unit="blocks")
-        self.finished = self.progress.add_task("records ended", total=None, unit="nodes")
+        super().__init__(console, width=22)
+        self.download = self.phase("download", unit="bytes")
+        self.broadcast = self.phase("broadcast (1st pass)", unit="blocks")
+        self.finished = self.phase("records ended", unit="nodes")
 
     def update(self, snapshot: Any) -> None:
         self.progress.update(self.download, completed=snapshot.downloaded, total=snapshot.size)
@@ -215,13 +206,6 @@ class PhaseBars:
             self.broadcast, completed=snapshot.blocks_sent, total=snapshot.blocks or None
         )
         self.progress.update(self.finished, completed=snapshot.finished, total=snapshot.nodes)
-
-    def __enter__(self) -> PhaseBars:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
 
 def _summary(console: Console, result: Reproduction, show_all: bool) -> None:

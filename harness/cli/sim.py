@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from .common import PhaseBars
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kib|kb|k|mib|mb|m)?\s*$", re.IGNORECASE)
 _UNITS = {
     None: 1,
@@ -128,31 +130,23 @@ def sim_command(
     click.echo(_table(run.to_dict()))
 
 
-class SessionBars:
+class SessionBars(PhaseBars):
     """A bar per phase of the session: the image's blocks on their first broadcast, then
     the nodes that hold the whole image, took the key, were started, and ended."""
 
     def __init__(self, console: Any, nodes: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
         from harness.gateway.distribution.session import PROGRESS
 
+        super().__init__(console)
         #: Node progress (0..100 of the node upgrade) that marks the end of each phase.
         self.marks = (
             ("image complete", PROGRESS["complete"]),
             ("key exchanged", PROGRESS["key"]),
             ("started", PROGRESS["started"]),
         )
-
-        self.progress = Progress(
-            TextColumn("{task.description:<26}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=console,
-        )
-        self.blocks = self.progress.add_task("broadcast (distinct blocks)", total=None)
-        self.phases = [self.progress.add_task(name, total=nodes) for name, _ in self.marks]
-        self.ended = self.progress.add_task("ended", total=nodes)
+        self.blocks = self.phase("broadcast (distinct blocks)", unit="blocks")
+        self.phases = [self.phase(name, nodes, "nodes") for name, _ in self.marks]
+        self.ended = self.phase("ended", nodes, "nodes")
         self._sent: set[int] = set()
         self._reached: list[set[str]] = [set() for _ in self.marks]
 
@@ -197,13 +191,6 @@ class SessionBars:
                     self.progress.update(task, completed=len(reached))
         elif isinstance(action, NodeResult):
             self.progress.advance(self.ended)
-
-    def __enter__(self) -> SessionBars:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
 
 
 def _table(r: dict[str, Any]) -> str:
