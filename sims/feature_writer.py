@@ -39,11 +39,11 @@ def _single(selector: str) -> int | None:
     return None
 
 
-def _node_fault_step(item: NodeFault) -> str | None:
-    """The step for one node with one fault, or None when it needs the fleet's YAML."""
-    index = _single(item.node)
+def _node_fault_step(item: NodeFault, index: int) -> str | None:
+    """The step for node ``index`` with this one fault, or None when it needs the fleet's
+    YAML."""
     changed = item.faults().model_dump(exclude_defaults=True)
-    if index is None or len(changed) != 1:
+    if len(changed) != 1:
         return None
     ((name, value),) = changed.items()
     if name == "power_loss_at_block":
@@ -96,7 +96,9 @@ def feature_for(spec: FieldSpec, result: Reproduction, source: str) -> str:
     for item in spec.schedule:
         if isinstance(item, NodeFault):
             index = _single(item.node)
-            step = _node_fault_step(item) if index is not None and counts[index] == 1 else None
+            step = None
+            if index is not None and counts[index] == 1:
+                step = _node_fault_step(item, index)
             if step is None:
                 extra.append(NodeOverride(nodes=item.node, faults=item.faults()))
             else:
